@@ -1,0 +1,1 @@
+"""Reports over run records: `harness-report`. Reads records only; never trains."""

@@ -1,0 +1,99 @@
+"""Cost stage: wall time per phase, tokens, memory, FLOPs, device-hours and dollars.
+
+Dollars = device-hours x the $/hour of the device in `conf/cost/` (the field guides'
+figures: RTX 4090 $0.50/h, A100 80GB $3.50/h). FLOPs follow Kaplan et al. 2020: a training
+token costs ~6N FLOPs (forward 2N + backward 4N) for full fine-tuning; with a frozen base
+the weight-gradient half of the backward pass is skipped for frozen weights, ~4N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+
+import torch
+from omegaconf import DictConfig
+
+from harness.errors import ConfigError
+
+
+class Timer:
+    """Named wall-clock phases: `with timer("train"): ...` then `timer.seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def device_info() -> tuple[str, int]:
+    """(device name, count): the CUDA device name, or "cpu"."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0), torch.cuda.device_count()
+    return "cpu", 1
+
+
+def peak_memory_gb() -> float:
+    """Peak device memory: CUDA max allocated, else this process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # linux: KiB
+
+
+def price_per_hour(cost_cfg: DictConfig, device_name: str) -> tuple[str, float]:
+    """Looks the device up in the price table: exact key, else a key the name contains
+    ("NVIDIA H100 80GB HBM3" -> H100), longest match first."""
+    prices = dict(cost_cfg.prices)
+    key = cost_cfg.device or device_name
+    if key in prices:
+        return key, float(prices[key])
+    norm = key.upper().replace(" ", "-")
+    for name in sorted(prices, key=len, reverse=True):
+        if name.upper() in norm or name.upper().replace("-", " ") in key.upper():
+            return name, float(prices[name])
+    if cost_cfg.device:
+        raise ConfigError(f"cost.device={cost_cfg.device!r} has no price in cost.prices "
+                          f"(known: {', '.join(prices)})")
+    return key, float("nan")
+
+
+def train_flops(tokens: int, total_params: int, trainable_params: int) -> float:
+    full = trainable_params >= 0.5 * total_params
+    return (6.0 if full else 4.0) * total_params * tokens
+
+
+def cost_metrics(cost_cfg: DictConfig, seconds: dict[str, float], train_tokens: int,
+                 trainable: int, total: int) -> tuple[dict[str, float], dict]:
+    """Cost, speed, memory and size metrics, plus the device facts for the record."""
+    name, count = device_info()
+    priced_as, usd_per_hour = price_per_hour(cost_cfg, name)
+    wall = sum(seconds.values())
+    device_hours = wall / 3600 * count
+    train_s = seconds.get("train", 0.0)
+    flops = train_flops(train_tokens, total, trainable)
+    return {
+        "cost/load_s": seconds.get("load", 0.0),
+        "cost/train_s": train_s,
+        "cost/eval_s": seconds.get("eval", 0.0),
+        "cost/wall_s": wall,
+        "cost/device_hours": device_hours,
+        "cost/usd_per_hour": usd_per_hour,
+        "cost/usd": device_hours * usd_per_hour,
+        "perf/train_tokens": float(train_tokens),
+        "perf/tokens_per_s": train_tokens / train_s if train_s else 0.0,
+        "perf/flops": flops,
+        "perf/flops_per_s": flops / train_s if train_s else 0.0,
+        "mem/peak_gb": peak_memory_gb(),
+        "params/trainable": float(trainable),
+        "params/total": float(total),
+        "params/trainable_share": trainable / total if total else 0.0,
+    }, {"device": name, "device_count": count, "priced_as": priced_as}

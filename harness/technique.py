@@ -1,0 +1,103 @@
+"""Technique stage: turn the loaded base model into what trains.
+
+- full: every weight trains.
+- lora (Hu et al. 2021): frozen base + low-rank adapters on the target modules.
+- qlora (Dettmers et al. 2023): lora on a 4-bit NF4 base (loaded by harness.model).
+- dora (Liu et al. 2024): lora with a trained magnitude per output (PEFT use_dora).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+TECHNIQUES = ("full", "lora", "qlora", "dora")
+ADAPTERS = ("lora", "qlora", "dora")
+
+
+def validate_technique(technique_cfg: DictConfig) -> None:
+    """Checks values where they are used; each error names the setting."""
+    name = technique_cfg.name
+    if name not in TECHNIQUES:
+        raise ConfigError(f"technique.name={name!r}: choose one of {', '.join(TECHNIQUES)}")
+    if name == "full":
+        return
+    if technique_cfg.r <= 0:
+        raise ConfigError(f"technique.r={technique_cfg.r}: the LoRA rank must be > 0")
+    if technique_cfg.alpha <= 0:
+        raise ConfigError(f"technique.alpha={technique_cfg.alpha}: must be > 0")
+    if not 0 <= technique_cfg.dropout < 1:
+        raise ConfigError(f"technique.dropout={technique_cfg.dropout}: must be in [0, 1)")
+    if name == "qlora" and technique_cfg.quant_type not in ("nf4", "fp4"):
+        raise ConfigError(f"technique.quant_type={technique_cfg.quant_type!r}: nf4 or fp4")
+
+
+def _target_modules(technique_cfg: DictConfig):
+    targets = technique_cfg.target_modules
+    if isinstance(targets, str):
+        return targets  # "all-linear" or a regex
+    return list(OmegaConf.to_container(targets))
+
+
+def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bool = False):
+    """Wraps the model for its technique and returns what the trainer optimises."""
+    validate_technique(technique_cfg)
+    if technique_cfg.name == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if technique_cfg.name == "qlora":
+        # Upcasts norms and enables input grads, as the QLoRA recipe does.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    peft_config = LoraConfig(
+        r=technique_cfg.r,
+        lora_alpha=technique_cfg.alpha,
+        lora_dropout=technique_cfg.dropout,
+        target_modules=_target_modules(technique_cfg),
+        use_dora=technique_cfg.name == "dora",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
+        raise ConfigError(f"technique.target_modules: {exc}") from exc
+    return model
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count as their unquantized shape."""
+    trainable = total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        n = quant_state.shape.numel() if quant_state is not None else param.numel()
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def check_adapter_grads(model: torch.nn.Module) -> float:
+    """Total gradient norm of trainable parameters; raises when it is zero or missing.
+
+    Catches the silent failure modes (bitsandbytes 4-bit repack on CPU, a frozen adapter)
+    after the first backward pass instead of after an hour of flat loss.
+    """
+    norms = [p.grad.detach().float().norm() for p in model.parameters()
+             if p.requires_grad and p.grad is not None]
+    total = float(torch.stack(norms).norm()) if norms else 0.0
+    if total == 0.0:
+        raise TrainingError(
+            "no gradient reached the trainable parameters after the first step "
+            f"({len(norms)} parameters had a gradient); the loss would stay flat"
+        )
+    return total
