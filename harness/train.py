@@ -145,6 +145,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss must reach GuardCallback, not be averaged away
         report_to=_report_to(cfg.logger, cfg.paths.log_dir),
         seed=cfg.seed,
         data_seed=cfg.seed,

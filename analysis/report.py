@@ -1,0 +1,190 @@
+"""`harness-report`: which technique gives the best accuracy for the money.
+
+    harness-report outputs                       # every record under outputs/ -> outputs/reports/
+    harness-report outputs/sweeps/smoke --out /tmp/r --technique lora --since 2026-01-01
+
+Reads records only (never trains) and writes into --out: report.md, report.html (one
+self-contained file, plots embedded), runs.csv and runs.parquet (one row per run, every
+config and metric column) and the plots as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots, render, tables
+from analysis.records import ACC, USD, load_runs, load_studies
+
+TITLE = "Fine-tuning report"
+PROBLEMS = ("incomplete", "invalid")
+
+
+def summary_columns(summary: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Display headers and formats of the per-technique table, benchmarks included."""
+    columns = {"technique": ("technique", "text"), "complete": ("complete", "integer"),
+               "pruned": ("pruned", "integer"), "failed": ("failed", "integer"),
+               "other": ("other", "integer"), "best_acc": ("best acc", "score"),
+               "median_acc": ("median acc", "score"), f"{ACC}_delta": ("acc Δ base", "delta")}
+    for column in summary.columns:
+        if tables.BENCHMARK.match(column):
+            _, bench, metric = column.split("/")
+            columns[column] = (f"{bench} {metric}", "general" if metric == "ppl" else "score")
+            columns[f"{column}_delta"] = (f"{bench} Δ base", "delta")
+    # A delta no run has (base model not scored) would be a column of dashes.
+    columns = {k: v for k, v in columns.items()
+               if not k.endswith("_delta") or summary[k].notna().any()}
+    columns.update({"cost/usd": ("USD", "dollars"), "cost/device_hours": ("device-h", "general"),
+                    "perf/tokens_per_s": ("tokens/s", "integer"),
+                    "mem/peak_gb": ("peak GB", "general"),
+                    "params/trainable_share": ("trainable", "percent"),
+                    "best_run": ("best run", "hash")})
+    return columns
+
+
+PARETO_COLUMNS = {"technique": ("technique", "text"), ACC: ("task acc", "score"),
+                  USD: ("USD", "dollars"), "config_hash": ("config hash", "hash"),
+                  "folder": ("folder", "text")}
+RUN_COLUMNS = {"config_hash": ("config hash", "hash"), "technique": ("technique", "text"),
+               "status": ("status", "text"), ACC: ("task acc", "score"),
+               USD: ("USD", "dollars"), "sweep": ("sweep", "text"),
+               "folder": ("folder", "text"), "reproduce": ("reproduce", "text"),
+               "command": ("command", "text"), "reason": ("error / reason", "text")}
+PROBLEM_COLUMNS = {"folder": ("folder", "text"), "status": ("status", "text"),
+                   "reason": ("reason", "text")}
+
+
+def ordered_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Complete runs first, most accurate first; then pruned, failed, the rest."""
+    rank = {"complete": 0, "pruned": 1, "failed": 2, "running": 3}
+    acc = pd.to_numeric(runs[ACC], errors="coerce") if ACC in runs else 0.0
+    keyed = runs.assign(_rank=runs["status"].map(rank).fillna(4), _acc=acc)
+    return keyed.sort_values(["_rank", "_acc"], ascending=[True, False], kind="stable")
+
+
+def headline(runs: pd.DataFrame, summary: pd.DataFrame, source: Path) -> list[str]:
+    counts = runs["status"].value_counts()
+    parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
+    lines = [f"{len(runs)} runs under {source} ({parts}); written "
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
+    if len(summary) and pd.notna(summary.loc[0, "best_acc"]):
+        top = summary.iloc[0]
+        lines.append(f"Most accurate technique: {top['technique']} (task accuracy "
+                     f"{top['best_acc']:.3f}, run {str(top['best_run'])[:12]}).")
+    return lines
+
+
+def relative_folders(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Run folders relative to the report's source: the absolute prefix is the same on
+    every row and pushes the useful part off the page."""
+    def rel(folder: object) -> object:
+        return os.path.relpath(str(folder), source) if isinstance(folder, str) else folder
+    return frame.assign(folder=frame["folder"].map(rel))
+
+
+def build_blocks(runs: pd.DataFrame, source: Path, figures: dict[str, Path],
+                 parts: dict[str, pd.DataFrame]) -> list[render.Block]:
+    """The report's content, in reading order."""
+    summary, signif = parts["summary"], parts["significance"]
+    front = relative_folders(parts["front"], source)
+    runs = relative_folders(runs, source)
+    blocks: list[render.Block] = [("h1", TITLE)]
+    if runs.empty:
+        return blocks + [("p", f"No runs found under {source}.")]
+    blocks += [("p", line) for line in headline(runs, summary, source)]
+    blocks += [
+        ("h2", "Techniques"),
+        ("p", "One row per technique. Scores and costs are medians over complete runs; "
+              "Δ base is the change against the untuned base model."),
+        ("table", render.display(summary, summary_columns(summary))),
+        ("h2", "Accuracy for the money: the Pareto front"),
+        ("p", "Complete runs that no other run beats on both task accuracy and dollars."),
+        ("table", render.display(front, PARETO_COLUMNS)),
+        ("img", ("Task accuracy against dollars; the Pareto front circled", figures["pareto"])),
+        ("h2", "Is the winner really better?"),
+        ("p", "The most accurate run against the best run of each other technique, paired "
+              "example by example on the held-out task (exact McNemar test, α = 0.05)."),
+        ("ul", list(signif["sentence"])),
+        ("h2", "Hyperparameters and search progress"),
+        ("img", ("Task accuracy against LoRA rank (adapter runs)", figures["rank"])),
+        ("img", ("Task accuracy against learning rate", figures["lr"])),
+        ("img", ("Best task accuracy so far, per study", figures["progress"])),
+        ("h2", "Runs"),
+        ("p", "Every run with its config hash, folder and the command that reproduces it."),
+        ("table", render.display(ordered_runs(runs), RUN_COLUMNS)),
+    ]
+    problems = runs[runs["status"].isin(PROBLEMS)]
+    if len(problems):
+        blocks += [("h2", "Records that could not be used"),
+                   ("table", render.display(problems, PROBLEM_COLUMNS))]
+    return blocks
+
+
+def parquet_safe(runs: pd.DataFrame) -> pd.DataFrame:
+    """Columns holding mixed Python types (`offline: auto` next to `offline: true`) as text:
+    Parquet needs one type per column."""
+    runs = runs.copy()
+    for column in runs.select_dtypes(include="object").columns:
+        kinds = {type(v) for v in runs[column] if v is not None and not pd.isna(v)}
+        if len(kinds) > 1:
+            runs[column] = runs[column].map(lambda v: None if v is None or pd.isna(v) else str(v))
+    return runs
+
+
+def write_report(source: str | Path, out: str | Path | None = None, sweep: str | None = None,
+                 technique: str | None = None, since: str | None = None) -> dict[str, Path]:
+    """Loads every record under `source` and writes the report; returns {file kind: path}."""
+    source = Path(source)
+    out_dir = Path(out) if out else source / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(source, sweep=sweep, technique=technique, since=since)
+    parts = {"summary": tables.technique_summary(runs), "front": tables.pareto_front(runs),
+             "significance": tables.significance(runs)}
+    progress = tables.best_so_far(runs, load_studies(source, sweep=sweep))
+    figures = plots.write_plots(runs, parts["front"], progress, out_dir)
+    blocks = build_blocks(runs, source, figures, parts)
+    written = {"md": out_dir / "report.md", "html": out_dir / "report.html",
+               "csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet", **figures}
+    written["md"].write_text(render.to_markdown(blocks))
+    written["html"].write_text(render.to_html(blocks, TITLE))
+    runs.to_csv(written["csv"], index=False)
+    parquet_safe(runs).to_parquet(written["parquet"], index=False)
+    return written
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="harness-report", description=__doc__.split("\n")[0])
+    parser.add_argument("source", type=Path, help="outputs dir or sweep dir (searched for "
+                        "**/record.json)")
+    parser.add_argument("--out", type=Path, help="report folder (default: SOURCE/reports)")
+    parser.add_argument("--sweep", help="only runs of this study (record sweep.study_name)")
+    parser.add_argument("--technique", help="only this technique: name (lora) or label (lora r16)")
+    parser.add_argument("--since", help="only runs created on or after this date (YYYY-MM-DD)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.source.is_dir():
+        print(f"harness-report: {args.source} is not a folder", file=sys.stderr)
+        return 2
+    if args.since:
+        try:
+            pd.Timestamp(args.since)
+        except ValueError:
+            print(f"harness-report: --since {args.since!r} is not a date (YYYY-MM-DD)",
+                  file=sys.stderr)
+            return 2
+    written = write_report(args.source, args.out, args.sweep, args.technique, args.since)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The trial pipeline on a tiny random Llama: every technique trains, adapters leave the base
+frozen, the 4-bit CPU trap is handled, checkpoints resume, bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from harness.data import load_splits
+from harness.errors import ConfigError, TrainingError
+from harness.model import disable_4bit_cpu_repack, load_model
+from harness.schema import register_configs
+from harness.technique import apply_technique, check_adapter_grads, count_params
+from harness.train import train
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+ASSETS = Path(__file__).resolve().parent / "assets"
+register_configs()
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    base = [
+        "model=tiny_random", "dataset=local", f"dataset.path={ASSETS / 'tickets.jsonl'}",
+        "eval=none", "train.max_steps=8", "train.batch_size=4", "train.eval_every=4",
+        "train.save_every=4", "optimizer.lr=3e-3", "optimizer.warmup_ratio=0",
+        f"paths.output_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
+        f"paths.log_dir={tmp_path / 'log'}", f"paths.cache_dir={tmp_path.parent / 'cache'}",
+    ]
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose("config", overrides=[*base, *overrides])
+
+
+def build(cfg):
+    model, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+    splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
+    return apply_technique(model, cfg.technique), tok, splits
+
+
+@pytest.mark.parametrize("technique", ["full", "lora", "dora", "qlora"])
+def test_technique_trains_and_loss_falls(tmp_path, technique):
+    cfg = make_cfg(tmp_path, f"technique={technique}", "train.max_steps=12")
+    model, tok, splits = build(cfg)
+    result = train(model, tok, splits, cfg, tmp_path / "run")
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert result.steps == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+    assert result.grad_norm_first_step > 0
+    assert result.train_tokens > 0
+    assert result.eval_loss is not None
+
+
+@pytest.mark.parametrize("technique", ["lora", "dora", "qlora"])
+def test_adapters_freeze_base_with_expected_counts(tmp_path, technique):
+    cfg = make_cfg(tmp_path, f"technique={technique}", "technique.r=4")
+    model, _, _ = build(cfg)
+    trainable, total = count_params(model)
+    hidden, layers, kv = 64, 2, 2 * 16  # q,o: 64->64; k,v: 64->32 (2 of 4 heads)
+    # LoRA adds r*(in+out) per target: q,o (64+64), k,v (64+32).
+    expected = layers * 4 * (2 * (hidden + hidden) + 2 * (hidden + kv))
+    if technique == "dora":
+        expected += layers * (2 * hidden + 2 * kv)  # one magnitude per output feature
+    assert trainable == expected
+    frozen = [n for n, p in model.named_parameters() if "lora_" not in n and p.requires_grad]
+    assert frozen == []
+    assert total > trainable
+
+
+def test_full_trains_every_weight(tmp_path):
+    model, _, _ = build(make_cfg(tmp_path, "technique=full"))
+    trainable, total = count_params(model)
+    assert trainable == total
+
+
+def test_4bit_generate_before_training_still_gets_gradients(tmp_path):
+    """THE TRAP: a generate() (eval mode, no grad) before training must not freeze the
+    adapters of a 4-bit model on AVX-512-bf16 CPUs."""
+    import bitsandbytes as bnb
+
+    cfg = make_cfg(tmp_path, "technique=qlora", "train.max_steps=3")
+    model, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
+    model.eval()
+    with torch.no_grad():
+        model.generate(**tok("hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    model = apply_technique(model, cfg.technique)
+    splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
+    result = train(model, tok, splits, cfg, tmp_path / "run")
+    assert result.grad_norm_first_step > 0
+    lora = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora)  # B starts at zero: it moved
+    assert disable_4bit_cpu_repack(model) == len(layers)
+
+
+def test_zero_gradients_fail_loudly():
+    layer = torch.nn.Linear(4, 4)
+    layer(torch.ones(1, 4)).sum().backward()
+    layer.weight.grad.zero_()
+    layer.bias.grad.zero_()
+    with pytest.raises(TrainingError, match="no gradient"):
+        check_adapter_grads(layer)
+
+
+def test_nan_loss_fails_the_trial(tmp_path):
+    cfg = make_cfg(tmp_path, "technique=lora", "train.inject_nan_at_step=2")
+    model, tok, splits = build(cfg)
+    with pytest.raises(TrainingError, match="nan"):
+        train(model, tok, splits, cfg, tmp_path / "run")
+
+
+def test_resume_continues_at_saved_step(tmp_path):
+    cfg = make_cfg(tmp_path, "technique=lora", "train.max_steps=4", "train.save_every=4")
+    model, tok, splits = build(cfg)
+    train(model, tok, splits, cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
+    cfg = make_cfg(tmp_path, "technique=lora", "train.max_steps=8", "train.save_every=4")
+    model, tok, splits = build(cfg)
+    result = train(model, tok, splits, cfg, tmp_path / "run")
+    assert result.steps == 8
+    steps = [h["step"] for h in result.history if "train/loss" in h]
+    assert min(steps) == 5, steps  # nothing before the checkpoint was trained again
+    state = json.loads((tmp_path / "run/checkpoints/checkpoint-8/trainer_state.json").read_text())
+    assert state["global_step"] == 8
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("technique.r=0", "technique.r=0"),
+    ("optimizer.lr=-1", "optimizer.lr=-1"),
+    ("technique.dropout=1.5", "technique.dropout"),
+    ("optimizer.scheduler=wavy", "optimizer.scheduler"),
+])
+def test_impossible_values_name_the_setting(tmp_path, override, message):
+    cfg = make_cfg(tmp_path, "technique=lora", override)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        model, tok, splits = build(cfg)
+        train(model, tok, splits, cfg, tmp_path / "run")
+
+
+def test_qlora_without_4bit_support_is_a_clear_error(tmp_path, monkeypatch):
+    import bitsandbytes.functional as F
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernels for this device")
+
+    monkeypatch.setattr(F, "quantize_4bit", broken)
+    cfg = make_cfg(tmp_path, "technique=qlora")
+    with pytest.raises(ConfigError, match="technique=qlora: bitsandbytes cannot quantize"):
+        load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+
+
+def test_unknown_option_fails_at_composition(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="technique/qlorra"):
+        make_cfg(tmp_path, "technique=qlorra")
+    with pytest.raises(MissingConfigException, match="model/llama9"):
+        make_cfg(tmp_path, "model=llama9")

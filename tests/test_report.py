@@ -1,0 +1,302 @@
+"""`harness-report` over a fixture set of records written here (docs/internals.md format).
+
+    pytest tests/test_report.py                 # tables, Pareto front, significance, files
+    pytest tests/test_report.py -m slow         # + the HTML in headless Chromium
+
+The fixture holds complete full / LoRA (two ranks) / QLoRA / DoRA runs with per-example
+eval results chosen so the Pareto front and the McNemar p-values are known by hand, plus a
+pruned, a failed, an incomplete, an old-format and a corrupt record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import report, tables
+from analysis.records import load_runs, load_studies
+
+N_EXAMPLES = 100
+# name: (technique, rank, lr, status, task acc, usd, ids the run gets right)
+RUNS = {
+    "full": ("full", None, 2e-5, "complete", 0.70, 0.100, range(0, 70)),
+    # dora vs full: 10 examples only full gets right, 5 only dora -> p = 0.30 (exact McNemar)
+    "dora16": ("dora", 16, 2e-4, "complete", 0.65, 0.030, [*range(0, 60), *range(70, 75)]),
+    "lora16": ("lora", 16, 2e-4, "complete", 0.60, 0.020, range(0, 60)),
+    "lora16_slow": ("lora", 16, 1e-4, "complete", 0.45, 0.025, range(0, 45)),  # dominated
+    "qlora16": ("qlora", 16, 2e-4, "complete", 0.55, 0.010, range(0, 55)),
+    "lora8": ("lora", 8, 2e-4, "complete", 0.50, 0.015, range(0, 50)),  # dominated by qlora
+    "lora16_pruned": ("lora", 16, 5e-4, "pruned", None, None, None),
+    "dora16_failed": ("dora", 16, 1e-3, "failed", None, None, None),
+}
+
+
+def fake_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def record(name: str, technique: str, rank: int | None, lr: float, status: str,
+           acc: float | None, usd: float | None) -> dict:
+    tech = {"name": technique} if rank is None else {"name": technique, "r": rank, "alpha": 2 * rank}
+    metrics = {}
+    if acc is not None:
+        metrics = {"eval/task/acc": acc, "eval/task/acc_delta": acc - 0.05,
+                   "eval/mmlu/acc": 0.25, "eval/mmlu/acc_delta": -0.01,
+                   "eval/perplexity/ppl": 5.0, "cost/usd": usd, "cost/device_hours": usd / 4,
+                   "perf/tokens_per_s": 1000.0, "mem/peak_gb": 2.0,
+                   "params/trainable": 1e5, "params/total": 1e7}
+    overrides = [f"technique={technique}", f"optimizer.lr={lr}"]
+    return {
+        "format_version": 1, "config_hash": fake_hash(name), "status": status,
+        "error": "FloatingPointError: loss is NaN" if status == "failed" else None,
+        "pruned_at_step": 25 if status == "pruned" else None,
+        "created_at": f"2026-03-0{1 + len(name) % 8}T12:00:00+00:00",
+        "updated_at": "2026-03-09T12:00:00+00:00",
+        "command": "harness-train " + " ".join(overrides), "overrides": overrides,
+        "config": {"model": {"name": "tiny_random"}, "technique": tech,
+                   "optimizer": {"name": "adamw", "lr": lr, "betas": [0.9, 0.999]},
+                   "offline": "auto" if rank else True, "seed": 42},
+        "metrics": metrics, "history": [], "data": {},
+        "base_metrics": {"eval/task/acc": 0.05, "eval/mmlu/acc": 0.26} if acc else {},
+        "sweep": {"study_name": "s1", "trial_number": 0} if technique == "lora" else None,
+        "env": {"host": socket.gethostname(), "pid": 1},
+    }
+
+
+def write_run(root: Path, name: str, spec: tuple) -> Path:
+    technique, rank, lr, status, acc, usd, correct = spec
+    folder = root / "runs" / fake_hash(name)
+    (folder / "eval").mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(record(name, technique, rank, lr, status,
+                                                          acc, usd)))
+    if correct is not None:
+        right = set(correct)
+        lines = [json.dumps({"id": f"ex{i}", "correct": int(i in right), "pred": "", "ref": ""})
+                 for i in range(N_EXAMPLES)]
+        (folder / "eval" / "task.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    """An outputs dir with the runs above and four broken records."""
+    root = tmp_path / "outputs"
+    for name, spec in RUNS.items():
+        write_run(root, name, spec)
+    broken = root / "runs"
+    (broken / "incomplete").mkdir()
+    (broken / "incomplete" / "record.json").write_text(json.dumps(
+        {"format_version": 1, "config_hash": fake_hash("incomplete"), "status": "complete"}))
+    (broken / "corrupt").mkdir()
+    (broken / "corrupt" / "record.json").write_text('{"format_version": 1, "status": "comp')
+    old = record("old", "lora", 16, 2e-4, "complete", 0.9, 0.001)
+    old["format_version"] = 0
+    (broken / "old").mkdir()
+    (broken / "old" / "record.json").write_text(json.dumps(old))
+    return root
+
+
+def test_records_load_with_broken_ones_listed(outputs: Path):
+    runs = load_runs(outputs)
+    assert len(runs) == len(RUNS) + 3
+    by_folder = runs.set_index(runs["folder"].map(lambda f: Path(f).name))
+    assert by_folder.loc["incomplete", "status"] == "incomplete"
+    assert "missing keys: created_at, config, metrics" in by_folder.loc["incomplete", "reason"]
+    assert by_folder.loc["corrupt", "status"] == "invalid"
+    assert by_folder.loc["corrupt", "reason"].startswith("unreadable record")
+    assert by_folder.loc["old", "status"] == "invalid"
+    assert "format_version 0" in by_folder.loc["old", "reason"]
+    full = by_folder.loc[fake_hash("full")]
+    assert full["technique"] == "full" and full["config.optimizer.lr"] == 2e-5
+    assert full["reproduce"] == f"harness-reproduce {fake_hash('full')}"
+    assert full["params/trainable_share"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("text, status", [
+    ("[1, 2]", "invalid"),
+    ("", "invalid"),
+    ('{"format_version": 2}', "invalid"),
+    (json.dumps({"format_version": 1, "config_hash": "x", "status": "complete",
+                 "created_at": "yesterday", "config": {"technique": "lora"},
+                 "metrics": {"eval/task/acc": "n/a"}}), "incomplete"),
+    (json.dumps({"format_version": 1, "config_hash": "y", "status": "done", "created_at": None,
+                 "config": {"technique": {"name": "lora"}}, "metrics": []}), "incomplete"),
+])
+def test_malformed_records_never_crash_the_report(tmp_path: Path, text: str, status: str):
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "record.json").write_text(text)
+    written = report.write_report(tmp_path)
+    assert load_runs(tmp_path)["status"].tolist() == [status]
+    assert "Records that could not be used" in written["md"].read_text()
+
+
+def test_reads_records_written_by_the_harness(tmp_path: Path):
+    """The producer's own writer (harness.record.Record), not a hand-made dict."""
+    from omegaconf import OmegaConf
+
+    from harness.record import Record, run_dir
+
+    cfg = OmegaConf.create({"technique": {"name": "qlora", "r": 8, "target_modules": ["q_proj"]},
+                            "optimizer": {"lr": 1e-4}, "offline": "auto",
+                            "paths": {"output_dir": str(tmp_path)},
+                            "trial": {"study_name": "smoke", "number": 3}})
+    rec = Record.start(run_dir(tmp_path, "ab" * 32), cfg, "ab" * 32, "harness-train", [])
+    rec.update(status="complete", metrics={"eval/task/acc": 0.5, "cost/usd": float("nan")},
+               base_metrics={"eval/task/acc": 0.1})
+    run = load_runs(tmp_path).iloc[0]
+    assert (run["status"], run["technique"], run["sweep"]) == ("complete", "qlora r8", "smoke")
+    assert run["eval/task/acc_delta"] == pytest.approx(0.4)  # derived from base_metrics
+    assert pd.isna(run["cost/usd"])  # NaN is stored as null
+    assert tables.pareto_front(load_runs(tmp_path)).empty  # no price: not on the cost axis
+
+
+def test_technique_summary(outputs: Path):
+    summary = tables.technique_summary(load_runs(outputs)).set_index("technique")
+    assert list(summary.index) == ["full", "dora r16", "lora r16", "qlora r16", "lora r8"]
+    counts = summary[["runs", "complete", "pruned", "failed", "other"]]
+    assert counts.loc["lora r16"].tolist() == [4, 2, 1, 0, 1]  # + the old-format record
+    assert counts.loc["dora r16"].tolist() == [2, 1, 0, 1, 0]
+    assert counts.loc["full"].tolist() == [1, 1, 0, 0, 0]
+    assert summary.loc["lora r16", "best_acc"] == pytest.approx(0.60)
+    assert summary.loc["lora r16", "median_acc"] == pytest.approx(0.525)
+    assert summary.loc["lora r16", "cost/usd"] == pytest.approx(0.0225)
+    assert summary.loc["full", "eval/mmlu/acc_delta"] == pytest.approx(-0.01)
+    assert summary.loc["full", "best_run"] == fake_hash("full")
+    assert {"eval/mmlu/acc", "eval/perplexity/ppl"} <= set(summary.columns)
+
+
+def test_pareto_front(outputs: Path):
+    front = tables.pareto_front(load_runs(outputs))
+    assert front["technique"].tolist() == ["qlora r16", "lora r16", "dora r16", "full"]
+    assert front["cost/usd"].tolist() == [0.010, 0.020, 0.030, 0.100]
+    assert front["eval/task/acc"].tolist() == [0.55, 0.60, 0.65, 0.70]
+    assert front["config_hash"].tolist() == [fake_hash(n) for n in
+                                             ("qlora16", "lora16", "dora16", "full")]
+
+
+def test_pareto_mask_keeps_ties():
+    mask = tables.pareto_mask([1.0, 1.0, 2.0, 0.5], [0.5, 0.5, 0.5, 0.1])
+    assert mask.tolist() == [True, True, False, True]
+
+
+def test_significance_sentences(outputs: Path):
+    signif = tables.significance(load_runs(outputs))
+    assert signif["sentence"].tolist() == [
+        "full vs dora r16: +5.0 pts on the task, not significant "
+        "(p = 0.30, exact McNemar test, 100 paired examples).",
+        "full vs lora r16: +10.0 pts on the task, significant "
+        "(p = 0.002, exact McNemar test, 100 paired examples).",
+        "full vs qlora r16: +15.0 pts on the task, significant "
+        "(p < 0.001, exact McNemar test, 100 paired examples).",
+        "full vs lora r8: +20.0 pts on the task, significant "
+        "(p < 0.001, exact McNemar test, 100 paired examples).",
+    ]
+
+
+def test_significance_without_eval_files(outputs: Path):
+    shutil.rmtree(outputs / "runs" / fake_hash("dora16") / "eval")
+    sentence = tables.significance(load_runs(outputs))["sentence"][0]
+    assert sentence == "full vs dora r16: no per-example results to pair, not tested."
+
+
+def test_best_so_far_from_records_and_study_csv(outputs: Path):
+    runs = load_runs(outputs)
+    progress = tables.best_so_far(runs, load_studies(outputs))
+    adhoc = progress[progress["study"] == "ad-hoc"]
+    assert adhoc["best"].is_monotonic_increasing and adhoc["best"].iloc[-1] == 0.70
+    study = outputs / "sweeps" / "s1"
+    study.mkdir(parents=True)
+    pd.DataFrame({"number": [0, 1, 2, 3], "state": ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"],
+                  "values_0": [0.45, None, 0.60, 0.33],
+                  "config_hash": [fake_hash("lora16_slow"), fake_hash("lora16_pruned"),
+                                  fake_hash("lora16"), "not-a-record"]},
+                 ).to_csv(study / "study.csv", index=False)
+    progress = tables.best_so_far(runs, load_studies(outputs))
+    assert progress["trial"].tolist() == [0, 2, 3]
+    assert progress["acc"].tolist() == [0.45, 0.60, 0.33]  # last from the csv's value
+    assert progress["best"].tolist() == [0.45, 0.60, 0.60]
+
+
+def test_filters(outputs: Path):
+    assert set(load_runs(outputs, technique="lora")["technique"]) == {"lora r16", "lora r8"}
+    assert set(load_runs(outputs, technique="lora r8")["technique"]) == {"lora r8"}
+    assert set(load_runs(outputs, sweep="s1")["technique_name"]) == {"lora"}
+    recent = load_runs(outputs, since="2026-03-05")
+    assert len(recent) and (recent["created_at"] >= pd.Timestamp("2026-03-05", tz="UTC")).all()
+
+
+def test_cli_writes_every_file(outputs: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report"
+    assert report.main([str(outputs), "--out", str(out)]) == 0
+    names = {"report.md", "report.html", "runs.csv", "runs.parquet", "pareto.png",
+             "acc_vs_rank.png", "acc_vs_lr.png", "best_so_far.png"}
+    assert names <= {p.name for p in out.iterdir()}
+    assert len(capsys.readouterr().out.splitlines()) == len(names)
+    assert len(pd.read_parquet(out / "runs.parquet")) == len(RUNS) + 3
+    assert len(pd.read_csv(out / "runs.csv")) == len(RUNS) + 3
+    md = (out / "report.md").read_text()
+    assert "full vs dora r16: +5.0 pts on the task, not significant (p = 0.30" in md
+    assert f"harness-reproduce {fake_hash('qlora16')}" in md
+    assert "Records that could not be used" in md and "unreadable record" in md
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_default_out_dir_and_empty_source(tmp_path: Path):
+    written = report.write_report(tmp_path)
+    assert written["md"].parent == tmp_path / "reports"
+    assert "No runs found" in written["md"].read_text()
+    assert all(p.exists() for p in written.values())
+
+
+def test_cli_rejects_missing_folder(tmp_path: Path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="needs Debian packages chromium and chromium-driver")
+def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "report"
+    report.write_report(outputs, out)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # Headless in a container: no sandbox, no GPU, and nothing that calls out to the network.
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--window-size=1600,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options,
+                              service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    try:
+        driver.get((out / "report.html").as_uri())
+        assert driver.title == report.TITLE
+        assert driver.find_element(By.TAG_NAME, "h1").text == report.TITLE
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 4
+        assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0
+                   for i in images)
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == []
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1600, min(height + 100, 8000))
+        assert driver.save_screenshot(str(out / "screenshot.png"))
+    finally:
+        driver.quit()
+    assert (out / "screenshot.png").stat().st_size > 10_000
