@@ -1,0 +1,1 @@
+"""Tests and helpers for the local SLURM cluster (.ci/slurm/setup.sh)."""
