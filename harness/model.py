@@ -12,7 +12,9 @@ Sources (`conf/model/`):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import shutil
 import tempfile
@@ -59,28 +61,36 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def build_tiny_tokenizer():
-    """A byte-level BPE (vocab 512) trained on a fixed corpus: no download, any text encodes."""
+@functools.cache
+def _tiny_tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from harness import demo_data
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=specials, show_progress=False,
+        vocab_size=2048, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    corpus = [
-        "the customer order ticket billing refund shipping account priority high low urgent",
-        '{"category": "billing", "priority": "medium", "product": null, "amount": 12.5}',
-        "system user assistant question answer because therefore 0123456789 #### A B C D",
-    ] * 20
+    # Trained on demo tickets so they encode compactly (~1.5x SmolLM2's token count).
+    rows = demo_data.generate(seed=12345, n_train=300, n_val=0, n_test=0)["train"]
+    corpus = [demo_data.INSTRUCTION] + [r["input"] + "\n" + r["output"] for r in rows]
     tok.train_from_iterator(corpus, trainer=trainer)
+    return tok.to_str()
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE (vocab 2048) trained locally: no download, any text encodes."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>", chat_template=CHATML_TEMPLATE,
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), bos_token="<|im_start|>",
+        eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
     )
 
 
@@ -130,10 +140,11 @@ def _build_random(model_cfg: DictConfig, seed: int, out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer()
+    shape = {"vocab_size": len(tokenizer), **model_cfg.random}  # a larger vocab: real lm-head cost
     config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=model_cfg.max_length,
+        max_position_embeddings=model_cfg.max_length,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **model_cfg.random,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **shape,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
@@ -148,8 +159,10 @@ def model_folder(model_cfg: DictConfig, cache_dir: str, seed: int) -> str:
         return str(_atomic_folder(
             target, lambda d: _convert_gguf(model_cfg.gguf_package, model_cfg.gguf_file, d)))
     if model_cfg.source == "random":
-        shape = "-".join(f"{k}{v}" for k, v in sorted(model_cfg.random.items()))
-        target = cache / f"{model_cfg.name}-{shape}-L{model_cfg.max_length}-s{seed}"
+        # The folder name carries everything the weights depend on, tokenizer included.
+        spec = json.dumps([dict(model_cfg.random), model_cfg.max_length, seed,
+                           _tiny_tokenizer_json()], sort_keys=True)
+        target = cache / f"{model_cfg.name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
         return str(_atomic_folder(target, lambda d: _build_random(model_cfg, seed, d)))
     if model_cfg.source == "hub":
         if not model_cfg.path:

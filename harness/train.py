@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class HistoryCallback(TrainerCallback):
     def __init__(self, every: int = 10):
         self.history: list[dict] = []
         self.every = every
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -71,6 +76,9 @@ class HistoryCallback(TrainerCallback):
         if "eval_loss" in logs:
             entry["eval/loss"] = float(logs["eval_loss"])
         if len(entry) > 1:
+            # Tokens and seconds so far: steady-state throughput skips the first steps.
+            entry["tokens"] = int(state.num_input_tokens_seen)
+            entry["time_s"] = round(time.perf_counter() - self.start, 4)
             self.history.append(entry)
         if "eval/loss" in entry or ("train/loss" in entry and state.global_step % self.every == 0):
             shown = "  ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "step")
@@ -78,15 +86,26 @@ class HistoryCallback(TrainerCallback):
 
 
 def _trainer_class():
+    from transformers import Trainer
     from trl import SFTTrainer
 
     class HarnessSFTTrainer(SFTTrainer):
-        """SFTTrainer plus a test hook that turns the loss into NaN from a given step."""
+        """SFTTrainer with two changes:
+
+        - Off CUDA, the plain cross-entropy of `Trainer.compute_loss`: TRL's fused-lm-head
+          log-prob kernel falls back to a torch tile loop without Triton that was several times
+          slower per step on CPU (and only feeds its entropy/accuracy logs).
+        - A test hook that turns the loss into NaN from a given step (failure isolation).
+        """
 
         nan_from_step: int | None = None
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            out = super().compute_loss(model, inputs, *args, **kwargs)
+            if torch.cuda.is_available():
+                out = super().compute_loss(model, inputs, *args, **kwargs)
+            else:
+                inputs = {**inputs, "use_cache": False}
+                out = Trainer.compute_loss(self, model, inputs, *args, **kwargs)
             if self.nan_from_step is not None and self.state.global_step >= self.nan_from_step:
                 if isinstance(out, tuple):
                     return (out[0] * float("nan"), *out[1:])
@@ -184,8 +203,6 @@ def _datasets(splits: Splits, cfg: DictConfig, use_chat: bool):
 def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
           callbacks: list | None = None) -> TrainResult:
     """Trains in place; resumes from the run's last checkpoint when there is one."""
-    import time
-
     import datasets
 
     datasets.disable_progress_bars()

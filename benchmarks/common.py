@@ -1,0 +1,88 @@
+"""Shared helpers: compose the real conf/, describe the machine, rewrite one BENCHMARKS.md
+section in place (between `<!-- name:start -->` and `<!-- name:end -->`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.schema import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def machine() -> str:
+    """One line: device, CPU, cores, key package versions, date."""
+    import torch
+
+    from harness.record import package_versions
+
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        device = "CPU only"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = package_versions()
+    keys = ("torch", "transformers", "peft", "trl", "bitsandbytes", "lm_eval", "optuna")
+    pkgs = ", ".join(f"{k} {versions[k]}" for k in keys if k in versions)
+    today = dt.date.today().isoformat()
+    return f"{device}; {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {pkgs}; {today}"
+
+
+def run_json(module: str, args: list[str], timeout: int = 3600) -> dict:
+    """Runs `python -m module args` in a fresh process (fresh peak-memory counters) and
+    parses the last stdout line as JSON."""
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_section(name: str, body: str) -> None:
+    """Replaces (or appends) the section `name` of BENCHMARKS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    BENCHMARKS_MD.write_text(text)
+    print(f"wrote section {name!r} of {BENCHMARKS_MD}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def steady_tokens_per_s(history: list[dict], skip: int = 2) -> float:
+    """Non-pad tokens/s between step `skip` and the last step (first steps warm up)."""
+    points = [h for h in history if "tokens" in h and "train/loss" in h]
+    if len(points) <= skip:
+        points = [{"tokens": 0, "time_s": 0.0}, *points]
+        skip = 0
+    first, last = points[skip], points[-1]
+    seconds = last["time_s"] - first["time_s"]
+    return (last["tokens"] - first["tokens"]) / seconds if seconds > 0 else float("nan")
