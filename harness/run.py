@@ -50,10 +50,15 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]
 def _pipeline(cfg: DictConfig, record: Record, evaluate, base_model_metrics) -> dict[str, float]:
     from harness.train import train
 
+    from transformers import set_seed
+
     timer = Timer()
     with timer("load"):
         model, tokenizer = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
         splits = load_splits(cfg.dataset, tokenizer, cfg.model.max_length)
+        # Adapter init draws from the global RNG, whose state depends on whether the model
+        # cache was just built: seed right before it, or re-runs differ.
+        set_seed(cfg.seed, deterministic=cfg.train.deterministic)
         model = apply_technique(model, cfg.technique, cfg.train.gradient_checkpointing)
     trainable, total = count_params(model)
     record.update(data=splits.counts, metrics={"params/trainable": trainable, "params/total": total})
