@@ -60,3 +60,7 @@ def sweep_main() -> None:
         sys.exit(2)
     sys.argv = [sys.argv[0], "--multirun", f"+sweeps={name}", *rest]
     train_main()
+
+
+if __name__ == "__main__":
+    train_main()

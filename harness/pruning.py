@@ -1,0 +1,91 @@
+"""Pruning inside a trial: report the validation metric to the Optuna trial, stop when told.
+
+The sweeper hands each trial `trial.study_name`, `trial.storage` and `trial.number`
+(config node `trial`, not hashed). `harness.run.run` then asks `trial_callbacks(cfg)` for
+Trainer callbacks: at every evaluation (`train.eval_every`) the callback reports
+`trial.prune_metric` (default `eval/loss`) with the step, and raises `optuna.TrialPruned`
+(with `.step`) when the study's pruner says so; run.py records `status: pruned`.
+
+Directions: Optuna's pruners compare intermediate values in the study's direction. When the
+prune metric goes the other way (minimize `eval/loss` in a study that maximizes accuracy),
+the callback reports the negated value, so "better" means the same thing to the pruner.
+Multi-objective studies have no pruning in Optuna: the callback list is then empty.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import optuna
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+
+from harness.sweep_study import SETTINGS_ATTR, make_pruner, open_storage
+
+log = logging.getLogger(__name__)
+
+
+def hf_metric_key(metric: str) -> str:
+    """Record name -> the Trainer's eval metrics key: `eval/loss` -> `eval_loss`."""
+    return "eval_" + metric.removeprefix("eval/").replace("/", "_")
+
+
+class PruningCallback(TrainerCallback):
+    """Reports each evaluation to the Optuna trial; raises TrialPruned when it should stop."""
+
+    def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float):
+        self.trial = trial
+        self.metric = metric
+        self.key = hf_metric_key(metric)
+        self.sign = sign
+        self.warned = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.key)
+        if value is None:
+            if not self.warned:
+                log.warning("pruning: %s (%s) is not among the evaluation metrics %s",
+                            self.metric, self.key, sorted(metrics or {}))
+                self.warned = True
+            return
+        step = int(state.global_step)
+        self.trial.report(self.sign * float(value), step)
+        if self.trial.should_prune():
+            exc = optuna.TrialPruned(
+                f"pruned at step {step}: {self.metric}={float(value):.4g} "
+                f"(trial {self.trial.number})"
+            )
+            exc.step = step
+            raise exc
+
+
+@functools.cache
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    """One storage object per URL and process: opening an RDB storage checks its schema (~1 s),
+    which trials that run in the sweep's own process (basic launcher) need not repeat."""
+    return optuna.storages.get_storage(open_storage(url))
+
+
+def trial_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
+    """The pruning callback for the Optuna trial named in `cfg.trial` (empty when off)."""
+    t = cfg.trial
+    if t.study_name is None or t.storage is None or t.number is None:
+        return []
+    storage = _storage(t.storage)
+    study = optuna.load_study(study_name=t.study_name, storage=storage)
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    pruner_spec = settings.get("pruner") or {"name": "none"}
+    if pruner_spec.get("name") == "none":
+        return []
+    if len(study.directions) > 1:
+        log.info("pruning off: Optuna does not prune multi-objective studies")
+        return []
+    study.pruner = make_pruner(pruner_spec)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(t.study_name), int(t.number))
+    study_direction = study.direction.name.lower()
+    sign = 1.0 if t.prune_direction == study_direction else -1.0
+    log.info("pruning: %s (%s) reported to trial %d of %s with %s",
+             t.prune_metric, t.prune_direction, t.number, t.study_name, pruner_spec["name"])
+    return [PruningCallback(optuna.trial.Trial(study, trial_id), t.prune_metric, sign)]

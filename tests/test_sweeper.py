@@ -1,0 +1,456 @@
+"""The harness sweeper (hydra_plugins/harness_sweeper, harness/sweep_*.py, harness/pruning.py).
+
+    pytest tests/test_sweeper.py -m "not slow"   # ~2 min on 2 cores
+    pytest tests/test_sweeper.py -m slow         # real smoke sweeps, submitit launcher: ~7 min
+
+Spaces, pruning and storage are tested directly. Whole sweeps come in two kinds: those of a
+stand-in task (`FAKE_APP`: harness-train's Hydra app shape, conf/, records and pruning
+callback, with a formula instead of training) make pruning, failures, memoization and
+interruptions exact in ~40 s each, mostly imports; the slow ones run the real pipeline
+and the submitit launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from optuna.trial import TrialState
+
+from harness.errors import ConfigError
+from harness.sweep_space import (
+    build_space,
+    format_value,
+    grid,
+    sample,
+    to_overrides,
+    validate_space,
+)
+from harness.sweep_study import (
+    SETTINGS_ATTR,
+    Objective,
+    check_objectives,
+    make_pruner,
+    make_sampler,
+    outcome_from_record,
+    parse_objectives,
+    recover_interrupted,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+BIN = Path(sys.executable).parent
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def parse_overrides(lines: list[str]):
+    return OverridesParser.create().parse_overrides(lines)
+
+
+def space_of(cfg, arguments=()):
+    sweeper = cfg.hydra.sweeper
+    params = dict(sweeper.params)
+    return build_space(params, list(arguments), parse_overrides)
+
+
+def group_options(cfg):
+    return lambda group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------- search spaces
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_conditional_space_never_samples_rank_for_full(compose_cfg, tmp_path, sampler):
+    cfg = compose_cfg(["+sweeps=smoke"], tmp_path, hydra=True)
+    space, _ = space_of(cfg)
+    study = optuna.create_study(sampler=make_sampler({"name": sampler, "seed": 0}, None, 0))
+    seen = set()
+    for i in range(40):
+        trial = study.ask()
+        values = sample(trial, space)
+        overrides = to_overrides(space, values)
+        seen.add(values["technique"])
+        if values["technique"] == "full":
+            assert "technique.r" not in trial.params
+            assert not any(o.startswith("technique.r=") for o in overrides)
+        else:
+            assert values["technique.r"] in (4, 8)
+            assert f"technique.r={values['technique.r']}" in overrides
+        study.tell(trial, float(i % 7))
+    assert seen == {"full", "lora", "qlora", "dora"}
+
+
+def test_bad_parameter_name_fails_fast_naming_it(compose_cfg, tmp_path):
+    cfg = compose_cfg([], tmp_path, hydra=True)
+    space, _ = build_space({"technique.rank": [4, 8]}, [], parse_overrides)
+    with pytest.raises(ConfigError, match=r"technique\.rank.*did you mean technique\.r"):
+        validate_space(space, cfg, group_options(cfg))
+    space, _ = build_space({}, ["technique=lora,bogus"], parse_overrides)
+    with pytest.raises(ConfigError, match="no option.*bogus"):
+        validate_space(space, cfg, group_options(cfg))
+    later = {"technique.r": {"type": "int", "low": 4, "high": 8, "when": {"technique": "lora"}},
+             "technique": ["full", "lora"]}
+    with pytest.raises(ConfigError, match="not a parameter listed before"):
+        validate_space(build_space(later, [], parse_overrides)[0], cfg, group_options(cfg))
+    with pytest.raises(ConfigError, match=r"optimizer\.lr.*log scale"):
+        build_space({"optimizer.lr": {"type": "float", "low": 0, "high": 1, "log": True}}, [],
+                    parse_overrides)
+
+
+def test_bad_parameter_fails_before_any_training(tmp_path):
+    out = subprocess.run(
+        [str(BIN / "harness-sweep"), "smoke", f"paths.output_dir={tmp_path / 'out'}",
+         "technique.rank=4,8"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert "unknown parameter 'technique.rank'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_command_line_overrides_merge_into_the_space(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+sweeps=smoke"], tmp_path, hydra=True)
+    space, passthrough = space_of(cfg, [
+        "+sweeps=smoke", "technique=lora", "optimizer.lr=tag(log, interval(1e-5, 1e-3))",
+        "train.max_steps=range(2, 8, 2)", "optimizer.weight_decay=0.0,0.1"])
+    by = {p.key: p for p in space}
+    assert passthrough == ["+sweeps=smoke"]
+    assert by["technique"].kind == "fixed" and by["technique"].value == "lora"
+    assert by["technique.r"].when == {"technique": ("lora", "qlora", "dora")}  # kept
+    assert (by["optimizer.lr"].kind, by["optimizer.lr"].log) == ("float", True)
+    assert (by["train.max_steps"].kind, by["train.max_steps"].high) == ("int", 6)
+    assert by["optimizer.weight_decay"].choices == (0.0, 0.1)
+    validate_space(space, cfg, group_options(cfg))
+    values = sample(optuna.create_study().ask(), space)
+    assert values["technique"] == "lora" and "technique.r" in values
+
+
+@pytest.mark.parametrize("value", [None, True, 3, 1e-4, 0.1 + 0.2, "lora", "all-linear",
+                                   "16", "null", "a b", "it's", [1, "x"], {"a": 1}])
+def test_override_values_parse_back_unchanged(value):
+    parsed = parse_overrides([f"x={format_value(value)}"])[0].value()
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_sweep_file_composes(compose_cfg, tmp_path, path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    assert lines[1].startswith(f"# harness-sweep {path.stem}")
+    cfg = compose_cfg([f"+sweeps={path.stem}"], tmp_path, hydra=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.study_name == path.stem
+    space, _ = space_of(cfg)
+    validate_space(space, cfg, group_options(cfg))
+    objectives = parse_objectives(list(sweeper.objectives))
+    make_pruner(dict(sweeper.pruner))
+    spec = dict(sweeper.sampler)
+    make_sampler(spec, grid(space) if spec["name"] == "grid" else None, 0)
+    study = optuna.create_study(directions=[o.direction for o in objectives])
+    for params in sweeper.enqueue:
+        study.enqueue_trial(dict(params))
+    for _ in range(3):
+        trial = study.ask()
+        for override in to_overrides(space, sample(trial, space)):
+            compose_cfg([f"+sweeps={path.stem}", override], tmp_path)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+# ---------------------------------------------------------------- pruning and storage
+def _study(tmp_path, directions, pruner):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="t", storage=storage, directions=directions)
+    study.set_user_attr(SETTINGS_ATTR, {"pruner": pruner})
+    return study, storage
+
+
+def _trial_cfg(compose_cfg, tmp_path, storage, number):
+    return compose_cfg(["trial.study_name=t", f"trial.storage={storage}",
+                        f"trial.number={number}"], tmp_path)
+
+
+def test_pruning_callback_reports_negated_loss_and_prunes(compose_cfg, tmp_path):
+    from harness.pruning import trial_callbacks
+
+    study, storage = _study(tmp_path, ["maximize"], {"name": "median", "n_startup_trials": 2})
+    for acc, loss in ((0.5, 2.0), (0.4, 2.2)):
+        trial = study.ask()
+        trial.report(-loss, 10)
+        study.tell(trial, acc)
+    trial = study.ask()
+    [callback] = trial_callbacks(_trial_cfg(compose_cfg, tmp_path, storage, trial.number))
+    state = SimpleNamespace(global_step=10)
+    with pytest.raises(optuna.TrialPruned) as caught:
+        callback.on_evaluate(None, state, None, metrics={"eval_loss": 3.0})
+    assert caught.value.step == 10
+    assert study.trials[trial.number].intermediate_values == {10: -3.0}
+
+
+def test_no_pruning_for_multi_objective_or_pruner_none(compose_cfg, tmp_path):
+    from harness.pruning import trial_callbacks
+
+    study, storage = _study(tmp_path, ["maximize", "minimize"], {"name": "median"})
+    cfg = _trial_cfg(compose_cfg, tmp_path, storage, study.ask().number)
+    assert trial_callbacks(cfg) == []
+    assert trial_callbacks(compose_cfg([], tmp_path)) == []  # not in a sweep
+
+
+def test_interrupted_trials_fail_with_reason_and_come_back(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    dead, live = study.ask({"x": optuna.distributions.IntDistribution(0, 9)}), study.ask()
+    dead.set_user_attr("sweeper", {"host": socket.gethostname(), "pid": 2**22 + 12345})
+    live.set_user_attr("sweeper", {"host": socket.gethostname(), "pid": os.getpid()})
+    again = recover_interrupted(study)
+    assert again == [dict(dead.params)]
+    frozen = study.trials[dead.number]
+    assert frozen.state == TrialState.FAIL and "interrupted" in frozen.user_attrs["error"]
+    assert study.trials[live.number].state == TrialState.RUNNING
+
+
+def test_objectives_are_checked_before_the_first_trial():
+    objectives = parse_objectives([{"metric": "eval/mmlu/acc", "direction": "maximize"}])
+    check_objectives(objectives, ["task", "mmlu"])
+    with pytest.raises(ConfigError, match="needs 'mmlu' in eval.tasks"):
+        check_objectives(objectives, ["task"])
+    with pytest.raises(ConfigError, match="not a record metric"):
+        check_objectives(parse_objectives([{"metric": "accuracy"}]), ["task"])
+    with pytest.raises(ConfigError, match="direction"):
+        parse_objectives([{"metric": "cost/usd", "direction": "down"}])
+
+
+def test_outcome_from_record():
+    objectives = [Objective("eval/task/acc", "maximize"), Objective("cost/usd", "minimize")]
+    done = {"status": "complete", "metrics": {"eval/task/acc": 0.5, "cost/usd": 0.1}}
+    assert outcome_from_record(done, objectives).values == [0.5, 0.1]
+    assert outcome_from_record({"status": "running"}, objectives) is None
+    assert outcome_from_record(None, objectives) is None
+    pruned = outcome_from_record({"status": "pruned", "pruned_at_step": 4}, objectives)
+    assert (pruned.state, pruned.step) == (TrialState.PRUNED, 4)
+    failed = outcome_from_record({"status": "failed", "error": "TrainingError: nan"}, objectives)
+    assert (failed.state, failed.reason) == (TrialState.FAIL, "TrainingError: nan")
+    nan = {"status": "complete", "metrics": {"eval/task/acc": None, "cost/usd": 0.1}}
+    assert outcome_from_record(nan, objectives).state == TrialState.FAIL
+    with pytest.raises(ConfigError, match="cost/usd"):
+        outcome_from_record({"status": "complete", "metrics": {"eval/task/acc": 1}}, objectives)
+
+
+# ---------------------------------------------------------------- sweeps of a stand-in app
+FAKE_APP = '''
+"""harness-train's shape (conf/, records, pruning callback) with a formula for training."""
+import math, os, time
+from types import SimpleNamespace
+
+import hydra
+import optuna
+from hydra.core.hydra_config import HydraConfig
+
+from harness.cli import PROJECT_ROOT
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+def main(cfg):
+    from harness.errors import TrainingError
+    from harness.pruning import trial_callbacks
+    from harness.record import Record, config_hash, load_record, run_dir
+
+    chash = config_hash(cfg)
+    folder = run_dir(cfg.paths.output_dir, chash)
+    if (folder / "record.json").exists() and load_record(folder / "record.json")["status"] == "complete":
+        return load_record(folder / "record.json")["metrics"]
+    record = Record.start(folder, cfg, chash, "fake", list(HydraConfig.get().overrides.task))
+    callbacks = trial_callbacks(cfg)
+    try:
+        for step in range(2, int(cfg.train.max_steps) + 1, 2):
+            if cfg.train.inject_nan_at_step is not None and step >= cfg.train.inject_nan_at_step:
+                raise TrainingError(f"training loss became nan at step {step}")
+            loss = 2.0 + abs(math.log10(cfg.optimizer.lr) + 3.5) - 0.01 * step
+            time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+            for cb in callbacks:
+                cb.on_evaluate(None, SimpleNamespace(global_step=step), None,
+                               metrics={"eval_loss": loss})
+    except optuna.TrialPruned as exc:
+        record.update(status="pruned", pruned_at_step=exc.step, error=str(exc))
+        raise
+    except Exception as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    metrics = {"eval/loss": loss, "eval/task/acc": 1.0 / loss, "cost/usd": 0.01}
+    record.update(status="complete", metrics=metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
+'''
+FAKE_SWEEP = [
+    "model=tiny_random", "eval=smoke", "train.max_steps=6", "hydra.sweeper.study_name=fake",
+    "hydra.sweeper.n_trials=3", "optimizer.lr=tag(log, interval(1e-5, 1e-2))",
+]
+# trial 0, 1: good learning rates; 2: NaN loss; 3: a far-off rate, pruned at its first report
+FAKE_PLAN = [
+    "+hydra.sweeper.pruner.n_startup_trials=2", "train.inject_nan_at_step=2,1000",
+    "hydra.sweeper.enqueue=[{optimizer.lr:3e-4,train.inject_nan_at_step:1000},"
+    "{optimizer.lr:1e-3,train.inject_nan_at_step:1000},"
+    "{optimizer.lr:3e-4,train.inject_nan_at_step:2},"
+    "{optimizer.lr:1e-5,train.inject_nan_at_step:1000}]",
+]
+NO_PRUNING = ["hydra.sweeper.pruner.name=none"]
+
+
+def run_fake(tmp_path: Path, *extra: str, env: dict | None = None, background: bool = False):
+    app = tmp_path / "fake_app.py"
+    app.write_text(FAKE_APP)
+    cmd = [sys.executable, str(app), "--multirun", f"paths.output_dir={tmp_path / 'out'}",
+           *FAKE_SWEEP, *extra]
+    kwargs = {"cwd": tmp_path, "env": {**os.environ, **(env or {})}, "text": True}
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    out = subprocess.run(cmd, capture_output=True, timeout=300, **kwargs)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def load_study(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'sweeps' / name / 'study.db'}")
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/record.json")}
+
+
+def test_pruned_failed_and_memoized_trials(tmp_path):
+    run_fake(tmp_path, *FAKE_PLAN)
+    out = tmp_path / "out"
+    study = load_study(out, "fake")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
+    recs = {t.number: records(out)[t.user_attrs["config_hash"]] for t in study.trials}
+    assert (recs[3]["status"], recs[3]["pruned_at_step"]) == ("pruned", 2)
+    assert recs[3]["sweep"] == {"study_name": "fake", "trial_number": 3}
+    assert recs[2]["status"] == "failed" and "nan" in recs[2]["error"]
+    assert study.trials[2].user_attrs["error"] == recs[2]["error"]
+    table = pd.read_csv(out / "sweeps" / "fake" / "study.csv")
+    assert table["state"].tolist() == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
+    assert table["value"].notna().tolist() == [True, True, False, False]
+    best = yaml.safe_load((out / "sweeps" / "fake" / "best.yaml").read_text())
+    assert best["trials"][0]["trial"] == 0
+    assert best["trials"][0]["config_hash"] == study.trials[0].user_attrs["config_hash"]
+
+    # The study is lost, the records are not: complete runs are told from their records.
+    (out / "sweeps" / "fake" / "study.db").unlink()
+    before = {h: (out / "runs" / h / "record.json").stat().st_mtime_ns for h in records(out)}
+    run_fake(tmp_path, *FAKE_PLAN)
+    again = load_study(out, "fake")
+    assert [t.user_attrs.get("cache_hit", False) for t in again.trials[:2]] == [True, True]
+    assert again.trials[0].values == study.trials[0].values
+    for t in again.trials[:2]:
+        chash = t.user_attrs["config_hash"]
+        assert (out / "runs" / chash / "record.json").stat().st_mtime_ns == before[chash]
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path):
+    out = tmp_path / "out"
+    proc = run_fake(tmp_path, *NO_PRUNING, env={"FAKE_STEP_S": "1.5"}, background=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once one trial is done and the next one is training
+        statuses = [r["status"] for r in records(out).values()] if (out / "runs").exists() else []
+        if statuses.count("complete") >= 1 and "running" in statuses:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the sweep never reached its second trial: " + proc.communicate()[0][-2000:])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {h for h, r in records(out).items() if r["status"] == "complete"}
+    interrupted = {h for h, r in records(out).items() if r["status"] == "running"}
+
+    run_fake(tmp_path, *NO_PRUNING)
+    study = load_study(out, "fake")
+    hashes = {state: set() for state in TrialState}
+    for t in study.trials:
+        hashes[t.state].add(t.user_attrs["config_hash"])
+    assert done_before <= hashes[TrialState.COMPLETE]  # kept, not trained again
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["error"].startswith("interrupted")
+    assert interrupted <= hashes[TrialState.COMPLETE]  # re-run to completion
+    assert len(hashes[TrialState.COMPLETE]) == 3
+    assert all(r["status"] != "running" for r in records(out).values())  # all parse, none stuck
+
+
+# ---------------------------------------------------------------- the real pipeline
+def harness_sweep(tmp_path: Path, *args: str, check: bool = True):
+    env = {**os.environ, "HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(tmp_path / "cache"))}
+    start = time.perf_counter()
+    out = subprocess.run([str(BIN / "harness-sweep"), "smoke", *args], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_smoke_sweep_then_rerun_trains_nothing(tmp_path):
+    out_dir = tmp_path / "out"
+    _, first = harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
+    study = load_study(out_dir, "smoke")
+    assert len(study.trials) == 6 and first < 180
+    assert {t.params["technique"] for t in study.trials} == {"full", "lora", "qlora", "dora"}
+    recs = records(out_dir)
+    for t in study.trials:  # storage and records agree
+        rec = recs[t.user_attrs["config_hash"]]
+        assert rec["status"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[t.state.name]
+        if t.state == TrialState.PRUNED:
+            assert rec["pruned_at_step"] in t.intermediate_values
+        assert ("technique.r" in t.params) == (t.params["technique"] != "full")
+    assert (out_dir / "sweeps" / "smoke" / "best.yaml").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in (out_dir / "runs").glob("*/record.json")}
+    result, second = harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
+    assert second < first / 4
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert "best trial" in result.stdout
+
+
+@pytest.mark.slow
+def test_real_nan_trial_fails_with_reason_and_sweep_completes(tmp_path):
+    out_dir = tmp_path / "out"
+    harness_sweep(tmp_path, f"paths.output_dir={out_dir}", "hydra.sweeper.study_name=nan",
+                  "hydra.sweeper.n_trials=2", "technique=lora", "train.inject_nan_at_step=1,1000",
+                  "hydra.sweeper.enqueue=[{train.inject_nan_at_step:1},"
+                  "{train.inject_nan_at_step:1000},{train.inject_nan_at_step:1000}]")
+    study = load_study(out_dir, "nan")
+    assert [t.state for t in study.trials][:2] == [TrialState.FAIL, TrialState.COMPLETE]
+    reason = study.trials[0].user_attrs["error"]
+    assert "nan" in reason.lower()
+    assert records(out_dir)[study.trials[0].user_attrs["config_hash"]]["error"] == reason
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_survives_a_killed_trial(tmp_path):
+    out = tmp_path / "out"
+    proc = run_fake(tmp_path, *NO_PRUNING, "hydra/launcher=local", "hydra.sweeper.n_jobs=2",
+                    "hydra.sweeper.n_trials=2", env={"FAKE_STEP_S": "3"}, background=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        running = [r for r in records(out).values() if r["status"] == "running"] \
+            if (out / "runs").exists() else []
+        if len(running) == 2:
+            break
+        time.sleep(0.5)
+    os.kill(running[0]["env"]["pid"], signal.SIGKILL)  # one trial "runs out of memory"
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()[-3000:]
+    study = load_study(out, "fake")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "UncompletedJobError" in failed[0].user_attrs["error"]
+    assert records(out)[failed[0].user_attrs["config_hash"]]["status"] == "failed"
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
