@@ -268,7 +268,7 @@ def test_bad_eval_configs_fail_with_one_clear_error(make_cfg, monkeypatch, overr
 
 def test_good_eval_configs_pass(make_cfg, monkeypatch):
     monkeypatch.setattr(evaluate, "_lm_eval_index", lambda: (frozenset({"hellaswag"}), frozenset()))
-    for overrides in ([], ["eval=default"], ["eval=none"],
+    for overrides in ([], ["eval=default"], ["eval=full"], ["eval=none"],
                       ["eval.tasks=[task,bbh]", f"eval.bbh_path={ASSETS / 'bbh'}",
                        "eval.bbh_subtasks=[sports_understanding]"]):
         cfg = make_cfg(*overrides)
