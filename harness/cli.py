@@ -31,6 +31,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    if cfg.trial.worker is not None:  # a worker of an asynchronous sweep: many trials
+        from harness.sweep_worker import work
+
+        return work(cfg, run)
     try:
         return run(cfg, overrides)
     except HarnessError as exc:

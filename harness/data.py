@@ -249,7 +249,7 @@ def clean_rows(rows: list[dict], clean_cfg: DictConfig, tokenizer, max_length: i
         rows = [r for i, r in enumerate(rows) if i not in drop]
     max_tokens = clean_cfg.max_tokens or max_length
     lengths = [token_length(r, tokenizer) for r in rows]
-    kept = [r for r, n in zip(rows, lengths) if clean_cfg.min_tokens <= n <= max_tokens]
+    kept = [r for r, n in zip(rows, lengths, strict=True) if clean_cfg.min_tokens <= n <= max_tokens]
     counts["length_removed"] = len(rows) - len(kept)
     return kept
 

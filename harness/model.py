@@ -11,6 +11,7 @@ Sources (`conf/model/`):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -103,10 +104,8 @@ def _atomic_folder(target: Path, build) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
-        try:
+        with contextlib.suppress(OSError):  # another process won the race
             tmp.rename(target)
-        except OSError:  # another process won the race
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

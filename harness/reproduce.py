@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.record import find_by_prefix, load_record, package_versions, git_commit
+from harness.record import find_by_prefix, git_commit, load_record, package_versions
 
 TIMING = ("cost/", "mem/", "perf/tokens_per_s", "perf/flops_per_s")
 GPU_TOLERANCE = 0.02

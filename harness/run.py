@@ -48,9 +48,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]
 
 
 def _pipeline(cfg: DictConfig, record: Record, evaluate, base_model_metrics) -> dict[str, float]:
-    from harness.train import train
-
     from transformers import set_seed
+
+    from harness.train import train
 
     timer = Timer()
     with timer("load"):

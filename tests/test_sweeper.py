@@ -259,6 +259,14 @@ from harness.cli import PROJECT_ROOT
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg):
+    if cfg.trial.worker is not None:  # asynchronous mode: this job pulls many trials
+        from harness.sweep_worker import work
+
+        return work(cfg, trial)
+    return trial(cfg, list(HydraConfig.get().overrides.task))
+
+
+def trial(cfg, overrides):
     from harness.errors import TrainingError
     from harness.pruning import trial_callbacks
     from harness.record import Record, config_hash, load_record, run_dir
@@ -267,7 +275,7 @@ def main(cfg):
     folder = run_dir(cfg.paths.output_dir, chash)
     if (folder / "record.json").exists() and load_record(folder / "record.json")["status"] == "complete":
         return load_record(folder / "record.json")["metrics"]
-    record = Record.start(folder, cfg, chash, "fake", list(HydraConfig.get().overrides.task))
+    record = Record.start(folder, cfg, chash, "fake", overrides)
     callbacks = trial_callbacks(cfg)
     try:
         for step in range(2, int(cfg.train.max_steps) + 1, 2):
@@ -386,6 +394,65 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     assert interrupted <= hashes[TrialState.COMPLETE]  # re-run to completion
     assert len(hashes[TrialState.COMPLETE]) == 3
     assert all(r["status"] != "running" for r in records(out).values())  # all parse, none stuck
+
+
+def heartbeats(out: Path, name: str = "fake") -> dict[int, dict]:
+    folder = out / "sweeps" / name / ".workers"
+    beats = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.exists() else []
+    return {b["index"]: b for b in beats}
+
+
+def test_async_workers_pull_trials_from_the_shared_study(tmp_path):
+    run_fake(tmp_path, *NO_PRUNING, "hydra/launcher=local", "hydra.sweeper.workers=2",
+             "hydra.sweeper.n_trials=4", env={"FAKE_STEP_S": "0.5"})
+    out = tmp_path / "out"
+    study = load_study(out, "fake")
+    assert 4 <= sum(t.state == TrialState.COMPLETE for t in study.trials) <= 5  # see docs
+    assert {t.user_attrs["worker"]["index"] for t in study.trials} == {0, 1}  # both pulled
+    assert len({t.user_attrs["invocation"] for t in study.trials}) == 1
+    pids = {t.user_attrs["worker"]["pid"] for t in study.trials}
+    assert len(pids) == 2 and os.getpid() not in pids  # trials ran in the worker jobs
+    for t in study.trials:
+        assert records(out)[t.user_attrs["config_hash"]]["status"] == "complete"
+    assert all(b["done"] for b in heartbeats(out).values()) and len(heartbeats(out)) == 2
+    # memoized like batch mode: a second run of the same command trains nothing
+    before = {h: (out / "runs" / h / "record.json").stat().st_mtime_ns for h in records(out)}
+    (out / "sweeps" / "fake" / "study.db").unlink()
+    run_fake(tmp_path, *NO_PRUNING, "hydra/launcher=local", "hydra.sweeper.workers=2",
+             "hydra.sweeper.n_trials=2")
+    again = load_study(out, "fake")
+    hits = [t for t in again.trials if t.user_attrs.get("cache_hit")]
+    assert hits and all(
+        (out / "runs" / t.user_attrs["config_hash"] / "record.json").stat().st_mtime_ns
+        == before[t.user_attrs["config_hash"]] for t in hits)
+
+
+def test_async_worker_killed_mid_trial_fails_it_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "out"
+    proc = run_fake(tmp_path, *NO_PRUNING, "hydra/launcher=local", "hydra.sweeper.workers=2",
+                    "hydra.sweeper.n_trials=3", env={"FAKE_STEP_S": "2", "HARNESS_HEARTBEAT_S": "1"},
+                    background=True)
+    deadline, victim = time.time() + 180, None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        running = [r for r in records(out).values() if r["status"] == "running"] \
+            if (out / "runs").exists() else []
+        workers = {b["pid"] for b in heartbeats(out).values()}
+        victim = next((r["env"]["pid"] for r in running if r["env"]["pid"] in workers), None)
+        time.sleep(0.3)
+    assert victim, "no worker started a trial: " + proc.communicate()[0][-3000:]
+    os.kill(victim, signal.SIGKILL)  # a worker job dies mid-trial (OOM killer, node loss)
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()[-3000:]
+    study = load_study(out, "fake")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1, [(t.number, t.state.name) for t in study.trials]
+    reason = failed[0].user_attrs["error"]
+    assert "ended before the trial finished" in reason and "UncompletedJobError" in reason
+    assert records(out)[failed[0].user_attrs["config_hash"]]["status"] in ("failed", "complete")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) >= 3
+    # its parameters were enqueued again and finished by a worker of the next round
+    assert failed[0].params in [t.params for t in done]
+    assert all(r["status"] != "running" for r in records(out).values())
 
 
 # ---------------------------------------------------------------- the real pipeline

@@ -22,6 +22,10 @@ class HarnessSweeperConf:
     storage: str | None = None
     n_trials: int = 20  # total for the study (complete + pruned), not per invocation
     n_jobs: int = 1  # trials asked and launched together (one launcher batch)
+    # > 0: asynchronous mode. The launcher starts this many worker jobs (SLURM jobs with
+    # hydra/launcher=slurm) that each ask the shared study for a trial, run it, tell the
+    # result and ask again until n_trials are done: no worker idles while a batch finishes.
+    workers: int = 0
     # name: tpe | nsga2 | random | grid; other keys go to the Optuna sampler as arguments
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 42})
     # name: none | median | percentile | successive_halving | hyperband | threshold

@@ -42,7 +42,7 @@ class Pending:
 
 class HarnessSweeper(Sweeper):
     def __init__(self, study_name, storage, n_trials, n_jobs, sampler, pruner, objectives,
-                 prune_metric, prune_direction, params, enqueue, max_failure_rate):
+                 prune_metric, prune_direction, params, enqueue, max_failure_rate, workers=0):
         plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = int(n_trials), max(int(n_jobs), 1)
@@ -50,6 +50,13 @@ class HarnessSweeper(Sweeper):
         self.objectives, self.params, self.enqueue = plain(objectives), plain(params), plain(enqueue)
         self.prune_metric, self.prune_direction = prune_metric, prune_direction
         self.max_failure_rate = float(max_failure_rate)
+        self.workers = int(workers)
+        self.settings = {  # what a worker job needs to rebuild this sweeper (asynchronous mode)
+            "study_name": study_name, "storage": storage, "n_trials": self.n_trials,
+            "n_jobs": self.n_jobs, "sampler": self.sampler, "pruner": self.pruner,
+            "objectives": self.objectives, "prune_metric": prune_metric,
+            "prune_direction": prune_direction, "params": self.params, "enqueue": [],
+            "max_failure_rate": self.max_failure_rate, "workers": self.workers}
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -89,23 +96,40 @@ class HarnessSweeper(Sweeper):
         self.storage_url = self.storage or ss.default_storage(self.output_dir, name)
         self.study = study = self._open(ss, name, space)
         n_trials = self._n_trials(space)
-        log.info("study %s (%s): %d trials in total, %d already counted; batches of %d\n  %s",
-                 name, self.storage_url, n_trials, ss.n_counted(study), self.n_jobs,
+        log.info("study %s (%s): %d trials in total, %d already counted; %s\n  %s",
+                 name, self.storage_url, n_trials, ss.n_counted(study),
+                 f"{self.workers} asynchronous workers" if self.workers > 0
+                 else f"batches of {self.n_jobs}",
                  "\n  ".join(describe(space) or ["(no parameters)"]))
+        if self.workers > 0:
+            from harness.sweep_worker import run_workers
+
+            run_workers(self, study, arguments, passthrough, n_trials)
+        else:
+            self._run_batches(study, space, passthrough, n_trials)
+        path = write_results(study, self.objectives_, self.sweep_dir, self.output_dir)
+        print(console_table(study, self.objectives_), flush=True)
+        print(f"study.csv{' and ' + path.name if path else ''} in {self.sweep_dir}", flush=True)
+        return []
+
+    def _run_batches(self, study, space: list, passthrough: list[str], n_trials: int) -> None:
+        from harness import sweep_study as ss
+
         failures, allowed = 0, int(self.max_failure_rate * n_trials)
         while (todo := n_trials - ss.n_counted(study)) > 0:
             batch = [self._ask(study, space, passthrough) for _ in range(min(self.n_jobs, todo))]
             failures += self._run_batch(study, batch)
             if failures > allowed:
-                write_results(study, self.objectives_, self.sweep_dir, self.output_dir)
-                raise SweepError(
-                    f"sweep {name} stopped: {failures} trials failed, more than "
-                    f"max_failure_rate={self.max_failure_rate} x n_trials={n_trials} allows; "
-                    f"reasons in {self.sweep_dir / 'study.csv'} and the runs' record.json")
-        path = write_results(study, self.objectives_, self.sweep_dir, self.output_dir)
-        print(console_table(study, self.objectives_), flush=True)
-        print(f"study.csv{' and ' + path.name if path else ''} in {self.sweep_dir}", flush=True)
-        return []
+                self.stop_for_failures(failures, n_trials)
+
+    def stop_for_failures(self, failures: int, n_trials: int) -> None:
+        from harness.sweep_report import write_results
+
+        write_results(self.study, self.objectives_, self.sweep_dir, self.output_dir)
+        raise SweepError(
+            f"sweep {self.study.study_name} stopped: {failures} trials failed, more than "
+            f"max_failure_rate={self.max_failure_rate} x n_trials={n_trials} allows; "
+            f"reasons in {self.sweep_dir / 'study.csv'} and the runs' record.json")
 
     # -- setting up ---------------------------------------------------------------------
     def _set_sweep_dir(self, name: str) -> Path:
