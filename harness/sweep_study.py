@@ -108,6 +108,8 @@ def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     if spec.get("name") not in PRUNERS:
         raise ConfigError(f"hydra.sweeper.pruner.name={spec.get('name')!r}: choose one of "
                           f"{', '.join(PRUNERS)}")
+    if spec["name"] == "none":  # `pruner.name=none` on a sweep file's median settings: off
+        return optuna.pruners.NopPruner()
     return _build("pruner", PRUNERS, spec)
 
 
