@@ -487,6 +487,15 @@ def test_smoke_sweep_then_rerun_trains_nothing(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert "best trial" in result.stdout
 
+    # any trial of the sweep reproduces from its hash with every delta zero (issue: reproduce)
+    chash = next(t.user_attrs["config_hash"] for t in study.trials
+                 if t.state == TrialState.COMPLETE and t.params["technique"] != "full")
+    env = {**os.environ, "HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(tmp_path / "cache"))}
+    rerun = subprocess.run([str(BIN / "harness-reproduce"), chash[:12], "--outputs", str(out_dir)],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "metrics within tolerance 0.0" in rerun.stdout
+
 
 @pytest.mark.slow
 def test_real_nan_trial_fails_with_reason_and_sweep_completes(tmp_path):
