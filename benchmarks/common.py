@@ -3,6 +3,7 @@ section in place (between `<!-- name:start -->` and `<!-- name:end -->`)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -38,11 +39,9 @@ def machine() -> str:
     else:
         device = "CPU only"
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     versions = package_versions()
     keys = ("torch", "transformers", "peft", "trl", "bitsandbytes", "lm_eval", "optuna")
     pkgs = ", ".join(f"{k} {versions[k]}" for k in keys if k in versions)

@@ -126,6 +126,11 @@ def _complete_metrics(folder: Path) -> dict[str, float] | None:
 def _record_failure(record: Record, exc: BaseException) -> None:
     import optuna
 
+    partial = getattr(exc, "partial", None)  # set by train(): the steps run before it stopped
+    if partial:
+        record.update(history=partial["history"], metrics={
+            "perf/train_tokens": float(partial["train_tokens"]),
+            "train/steps": float(partial["steps"]), "cost/train_s": partial["train_s"]})
     if isinstance(exc, optuna.TrialPruned):
         record.update(status="pruned", pruned_at_step=getattr(exc, "step", None),
                       error=str(exc) or None)

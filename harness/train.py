@@ -224,7 +224,14 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     if resume:
         log.info("resuming from the last checkpoint in %s", run_dir / "checkpoints")
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    except BaseException as exc:  # pruned, failed or interrupted: what was spent still counts
+        exc.partial = {"history": history.history,
+                       "train_tokens": int(trainer.state.num_input_tokens_seen),
+                       "steps": int(trainer.state.global_step),
+                       "train_s": time.perf_counter() - start}
+        raise
     train_s = time.perf_counter() - start
     losses = [h["train/loss"] for h in history.history if "train/loss" in h]
     evals = [h["eval/loss"] for h in history.history if "eval/loss" in h]

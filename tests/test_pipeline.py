@@ -108,8 +108,12 @@ def test_zero_gradients_fail_loudly():
 def test_nan_loss_fails_the_trial(tmp_path):
     cfg = make_cfg(tmp_path, "technique=lora", "train.inject_nan_at_step=2")
     model, tok, splits = build(cfg)
-    with pytest.raises(TrainingError, match="nan"):
+    with pytest.raises(TrainingError, match="nan") as info:
         train(model, tok, splits, cfg, tmp_path / "run")
+    # What the failed (or pruned) trial spent is kept for its record: steps, tokens, losses.
+    partial = info.value.partial
+    assert partial["steps"] >= 2 and partial["train_tokens"] > 0
+    assert [h["step"] for h in partial["history"] if "train/loss" in h][:1] == [1]
 
 
 def test_resume_continues_at_saved_step(tmp_path):

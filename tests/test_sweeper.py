@@ -469,9 +469,9 @@ def harness_sweep(tmp_path: Path, *args: str, check: bool = True):
 @pytest.mark.slow
 def test_smoke_sweep_then_rerun_trains_nothing(tmp_path):
     out_dir = tmp_path / "out"
-    _, first = harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
+    harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
     study = load_study(out_dir, "smoke")
-    assert len(study.trials) == 6 and first < 180
+    assert len(study.trials) == 6
     assert {t.params["technique"] for t in study.trials} == {"full", "lora", "qlora", "dora"}
     recs = records(out_dir)
     for t in study.trials:  # storage and records agree
@@ -479,11 +479,13 @@ def test_smoke_sweep_then_rerun_trains_nothing(tmp_path):
         assert rec["status"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[t.state.name]
         if t.state == TrialState.PRUNED:
             assert rec["pruned_at_step"] in t.intermediate_values
+            # what a pruned trial spent before it stopped stays in its record
+            assert rec["metrics"]["train/steps"] == rec["pruned_at_step"]
+            assert rec["metrics"]["perf/train_tokens"] > 0
         assert ("technique.r" in t.params) == (t.params["technique"] != "full")
     assert (out_dir / "sweeps" / "smoke" / "best.yaml").exists()
     mtimes = {p: p.stat().st_mtime_ns for p in (out_dir / "runs").glob("*/record.json")}
-    result, second = harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
-    assert second < first / 4
+    result, _ = harness_sweep(tmp_path, f"paths.output_dir={out_dir}")
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert "best trial" in result.stdout
 

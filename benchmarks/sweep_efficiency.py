@@ -1,0 +1,112 @@
+"""Sweep efficiency: the same 12-trial search with and without pruning, then a memoized re-run.
+
+    python -m benchmarks.sweep_efficiency [--n-trials 12]
+
+Runs `harness-sweep pruning_benchmark` (sweeps/pruning_benchmark.yaml: learning rate,
+schedule and warmup of a small model on the demo task, median pruning on the validation loss)
+three times in fresh output folders of one invocation: with pruning, without
+(`hydra.sweeper.pruner.name=none`), and the pruned sweep's command once more (every trial
+memoized from its record). Compute is the training tokens every trial spent, pruned ones
+included (their records keep what they ran before they stopped). Writes the section
+`sweep-efficiency` of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, machine, table, write_section
+
+SAVING_TARGET, BEST_TOLERANCE_PTS = 0.40, 1.0
+SWEEP = "pruning_benchmark"
+OBJECTIVE = "eval/perplexity/greedy_match"
+
+
+def sweep(out: Path, n_trials: int, *overrides: str) -> float:
+    """Runs the sweep into `out`; returns its wall seconds."""
+    cmd = [str(Path(sys.executable).parent / "harness-sweep"), SWEEP, f"paths.output_dir={out}",
+           f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={out}/multirun", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def summarize(out: Path, wall: float) -> dict:
+    """Trials by state, training tokens and seconds spent, best objective (in points)."""
+    recs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/record.json")]
+    metrics = [r.get("metrics") or {} for r in recs]
+    best = max((m[OBJECTIVE] for r, m in zip(recs, metrics, strict=True)
+                if r["status"] == "complete" and OBJECTIVE in m), default=float("nan"))
+    return {
+        "trials": len(recs),
+        "complete": sum(r["status"] == "complete" for r in recs),
+        "pruned": sum(r["status"] == "pruned" for r in recs),
+        "tokens": sum(m.get("perf/train_tokens", 0.0) for m in metrics),
+        "steps": sum(m.get("train/steps", 0.0) for m in metrics),
+        "train_s": sum(m.get("cost/train_s", 0.0) for m in metrics),
+        "best_pts": 100 * best,
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n-trials", type=int, default=12)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    pruned_dir, full_dir = tmp / "pruned", tmp / "unpruned"
+    pruned = summarize(pruned_dir, sweep(pruned_dir, args.n_trials))
+    print(json.dumps({"pruned": pruned}))
+    full = summarize(full_dir, sweep(full_dir, args.n_trials, "hydra.sweeper.pruner.name=none"))
+    print(json.dumps({"unpruned": full}))
+    mtimes = {p: p.stat().st_mtime_ns for p in (pruned_dir / "runs").glob("*/record.json")}
+    rerun_wall = sweep(pruned_dir, args.n_trials)
+    untouched = all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    rerun = summarize(pruned_dir, rerun_wall)
+    print(json.dumps({"rerun_wall_s": rerun_wall}))
+
+    saving = 1 - pruned["tokens"] / full["tokens"]
+    gap = full["best_pts"] - pruned["best_pts"]
+    rows = [[name, s["trials"], s["complete"], s["pruned"], f"{s['steps']:.0f}", f"{s['tokens']:,.0f}",
+             f"{s['train_s']:.0f}", f"{s['wall_s']:.0f}", f"{s['best_pts']:.1f}"]
+            for name, s in (("median pruning", pruned), ("no pruning", full))]
+    rows.append(["re-run of the pruned sweep (memoized)", rerun["trials"], "-", "-", "0", "0", "0",
+                 f"{rerun_wall:.0f}", f"{rerun['best_pts']:.1f}"])
+    body = (
+        "### Sweep efficiency: pruning and memoization\n\n"
+        f"`python -m benchmarks.sweep_efficiency` — `harness-sweep {SWEEP}` "
+        f"(sweeps/{SWEEP}.yaml), {args.n_trials} trials each, TPE seed 7; objective "
+        f"`{OBJECTIVE}` (greedy token accuracy on held-out answers, points); tokens are the "
+        "non-pad training tokens of every trial, pruned ones included.\n"
+        f"Machine: {machine()}\n\n"
+        + table(["sweep", "trials", "complete", "pruned", "steps", "training tokens", "train s",
+                 "wall s", "best (pts)"], rows)
+        + "\n\n"
+        + table(["target", "measured", "verdict"], [
+            [f"pruning spends >= {SAVING_TARGET:.0%} less training compute",
+             f"{saving:.0%} less", "MET" if saving >= SAVING_TARGET else "MISSED"],
+            [f"... at the same best objective (within {BEST_TOLERANCE_PTS:g} point)",
+             f"{gap:+.1f} pts (unpruned minus pruned)",
+             "MET" if gap <= BEST_TOLERANCE_PTS else "MISSED"],
+            ["memoized re-run: trains nothing", f"{rerun_wall:.0f} s wall vs "
+             f"{pruned['wall_s']:.0f} s ({rerun_wall / pruned['wall_s']:.0%}), "
+             f"records {'untouched' if untouched else 'REWRITTEN'}",
+             "MET" if untouched else "MISSED"],
+        ])
+    )
+    write_section("sweep-efficiency", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The benchmark scripts measure what they claim, on the tiny model (their numbers live in
+BENCHMARKS.md, never in assertions here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import common, sweep_efficiency, throughput
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n<!-- a:start -->\nold a\n<!-- a:end -->\n\n"
+                  "<!-- b:start -->\nold b\n<!-- b:end -->\n")
+    monkeypatch.setattr(common, "BENCHMARKS_MD", md)
+    common.write_section("a", "new a")
+    common.write_section("c", "new c")
+    text = md.read_text()
+    assert "new a" in text and "old a" not in text and "old b" in text
+    assert text.index("new a") < text.index("old b") < text.index("new c")
+
+
+@pytest.mark.parametrize("side", ["harness", "trl_default", "trl_same"])
+def test_throughput_sides_train_the_same_model_and_count_real_tokens(side):
+    r = throughput.measure("tiny_random", side, steps=3, batch=2)
+    assert r["steps"] == 3 and r["tokens"] > 0 and r["tokens_per_s"] > 0
+    assert 0 < r["trainable"] < r["total"]  # LoRA on every side
+
+
+def test_matmul_peak_is_a_rate():
+    assert throughput.matmul_peak("float32", n=256, reps=2) > 1e6
+
+
+def test_sweep_summary_counts_pruned_trials_compute(tmp_path):
+    def record(name, status, tokens, steps, acc=None):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        metrics = {"perf/train_tokens": tokens, "train/steps": steps, "cost/train_s": 1.0}
+        if acc is not None:
+            metrics[sweep_efficiency.OBJECTIVE] = acc
+        (folder / "record.json").write_text(json.dumps({"status": status, "metrics": metrics}))
+
+    record("a", "complete", 1000, 32, 0.40)
+    record("b", "pruned", 250, 8)
+    record("c", "complete", 1000, 32, 0.45)
+    s = sweep_efficiency.summarize(tmp_path, wall=10.0)
+    assert (s["trials"], s["complete"], s["pruned"]) == (3, 2, 1)
+    assert s["tokens"] == 2250 and s["steps"] == 72
+    assert s["best_pts"] == pytest.approx(45.0)
