@@ -250,7 +250,7 @@ def test_base_model_cached_once_with_deltas(make_cfg, rows, cache_dir, monkeypat
      "no file for subtask(s) ['navigate']"),
     (["eval.tasks=[gsm8k]"], "the model hub is unreachable (offline)"),
     (["eval.limit=1"], "eval.limit=1: at least 2"),
-    (["+eval.limits.bbh=10"], "eval.limits.bbh: 'bbh' is not in eval.tasks"),
+    (["+eval.limits.mmlux=10"], "eval.limits.mmlux: 'mmlux' is not in eval.tasks"),
     (["eval.tasks=[task,task]"], "eval.tasks: listed twice"),
     (["eval.mmlu_source=hub"], "eval.mmlu_source='hub'"),
     (["eval.tasks=[bbh]", "eval.bbh_variant=cot"], "eval.bbh_variant='cot'"),
@@ -269,6 +269,7 @@ def test_bad_eval_configs_fail_with_one_clear_error(make_cfg, monkeypatch, overr
 def test_good_eval_configs_pass(make_cfg, monkeypatch):
     monkeypatch.setattr(evaluate, "_lm_eval_index", lambda: (frozenset({"hellaswag"}), frozenset()))
     for overrides in ([], ["eval=default"], ["eval=full"], ["eval=none"],
+                      ["eval.tasks=[perplexity]"],  # the default's MMLU limit just goes unused
                       ["eval.tasks=[task,bbh]", f"eval.bbh_path={ASSETS / 'bbh'}",
                        "eval.bbh_subtasks=[sports_understanding]"]):
         cfg = make_cfg(*overrides)
