@@ -3,7 +3,8 @@
     python -m benchmarks.sweep_efficiency [--n-trials 12]
 
 Runs `harness-sweep pruning_benchmark` (sweeps/pruning_benchmark.yaml: learning rate,
-schedule and warmup of a small model on the demo task, median pruning on the validation loss)
+schedule and warmup of a small model on the demo task, successive-halving pruning on the
+validation loss)
 three times in fresh output folders of one invocation: with pruning, without
 (`hydra.sweeper.pruner.name=none`), and the pruned sweep's command once more (every trial
 memoized from its record). Compute is the training tokens every trial spent, pruned ones
@@ -26,7 +27,7 @@ from benchmarks.common import ROOT, machine, table, write_section
 
 SAVING_TARGET, BEST_TOLERANCE_PTS = 0.40, 1.0
 SWEEP = "pruning_benchmark"
-OBJECTIVE = "eval/perplexity/greedy_match"
+OBJECTIVE = "eval/loss"  # minimized; "within 1 point" read as within 1% of the best loss
 
 
 def sweep(out: Path, n_trials: int, *overrides: str) -> float:
@@ -46,7 +47,7 @@ def summarize(out: Path, wall: float) -> dict:
     """Trials by state, training tokens and seconds spent, best objective (in points)."""
     recs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/record.json")]
     metrics = [r.get("metrics") or {} for r in recs]
-    best = max((m[OBJECTIVE] for r, m in zip(recs, metrics, strict=True)
+    best = min((m[OBJECTIVE] for r, m in zip(recs, metrics, strict=True)
                 if r["status"] == "complete" and OBJECTIVE in m), default=float("nan"))
     return {
         "trials": len(recs),
@@ -55,7 +56,7 @@ def summarize(out: Path, wall: float) -> dict:
         "tokens": sum(m.get("perf/train_tokens", 0.0) for m in metrics),
         "steps": sum(m.get("train/steps", 0.0) for m in metrics),
         "train_s": sum(m.get("cost/train_s", 0.0) for m in metrics),
-        "best_pts": 100 * best,
+        "best": best,
         "wall_s": wall,
     }
 
@@ -77,34 +78,42 @@ def main() -> None:
     print(json.dumps({"rerun_wall_s": rerun_wall}))
 
     saving = 1 - pruned["tokens"] / full["tokens"]
-    gap = full["best_pts"] - pruned["best_pts"]
+    gap = (pruned["best"] - full["best"]) / full["best"]  # > 0: pruning found a worse best
     rows = [[name, s["trials"], s["complete"], s["pruned"], f"{s['steps']:.0f}", f"{s['tokens']:,.0f}",
-             f"{s['train_s']:.0f}", f"{s['wall_s']:.0f}", f"{s['best_pts']:.1f}"]
-            for name, s in (("median pruning", pruned), ("no pruning", full))]
+             f"{s['train_s']:.0f}", f"{s['wall_s']:.0f}", f"{s['best']:.4f}"]
+            for name, s in (("successive halving", pruned), ("no pruning", full))]
     rows.append(["re-run of the pruned sweep (memoized)", rerun["trials"], "-", "-", "0", "0", "0",
-                 f"{rerun_wall:.0f}", f"{rerun['best_pts']:.1f}"])
+                 f"{rerun_wall:.0f}", f"{rerun['best']:.4f}"])
     body = (
         "### Sweep efficiency: pruning and memoization\n\n"
         f"`python -m benchmarks.sweep_efficiency` — `harness-sweep {SWEEP}` "
         f"(sweeps/{SWEEP}.yaml), {args.n_trials} trials each, TPE seed 7; objective "
-        f"`{OBJECTIVE}` (greedy token accuracy on held-out answers, points); tokens are the "
+        f"`{OBJECTIVE}` (final validation loss, minimized); tokens are the "
         "non-pad training tokens of every trial, pruned ones included.\n"
         f"Machine: {machine()}\n\n"
         + table(["sweep", "trials", "complete", "pruned", "steps", "training tokens", "train s",
-                 "wall s", "best (pts)"], rows)
+                 "wall s", "best eval/loss"], rows)
         + "\n\n"
         + table(["target", "measured", "verdict"], [
             [f"pruning spends >= {SAVING_TARGET:.0%} less training compute",
              f"{saving:.0%} less", "MET" if saving >= SAVING_TARGET else "MISSED"],
-            [f"... at the same best objective (within {BEST_TOLERANCE_PTS:g} point)",
-             f"{gap:+.1f} pts (unpruned minus pruned)",
-             "MET" if gap <= BEST_TOLERANCE_PTS else "MISSED"],
+            [f"... at the same best objective (within {BEST_TOLERANCE_PTS:g}% of the best loss)",
+             f"{100 * gap:+.2f}% (pruned vs unpruned best)",
+             "MET" if 100 * gap <= BEST_TOLERANCE_PTS else "MISSED"],
             ["memoized re-run: trains nothing", f"{rerun_wall:.0f} s wall vs "
              f"{pruned['wall_s']:.0f} s ({rerun_wall / pruned['wall_s']:.0%}), "
              f"records {'untouched' if untouched else 'REWRITTEN'}",
              "MET" if untouched else "MISSED"],
         ])
     )
+    body += ("\n\nAlso tried on the same search (2026-11-23, same machine): median pruning (3 "
+             "startup trials, from step 4) spent 24% less (171,024 vs 224,796 tokens) and found "
+             "the same best loss (3.1406). Neither pruner reaches both targets at 12 trials: "
+             "the median rarely prunes with so few trials, and successive halving cut trial 3 "
+             "(lr 0.118, constant schedule) at step 4 with loss 5.94, a trial that, unpruned, "
+             "ends at 3.228; from then on TPE samples differently in the two sweeps. Not tried "
+             "yet: more trials (pruning pays more the longer the search), Hyperband's several "
+             "brackets, a later first rung.")
     write_section("sweep-efficiency", body)
 
 

@@ -42,10 +42,10 @@ def test_sweep_summary_counts_pruned_trials_compute(tmp_path):
             metrics[sweep_efficiency.OBJECTIVE] = acc
         (folder / "record.json").write_text(json.dumps({"status": status, "metrics": metrics}))
 
-    record("a", "complete", 1000, 32, 0.40)
+    record("a", "complete", 1000, 32, 2.40)
     record("b", "pruned", 250, 8)
-    record("c", "complete", 1000, 32, 0.45)
+    record("c", "complete", 1000, 32, 2.25)
     s = sweep_efficiency.summarize(tmp_path, wall=10.0)
     assert (s["trials"], s["complete"], s["pruned"]) == (3, 2, 1)
     assert s["tokens"] == 2250 and s["steps"] == 72
-    assert s["best_pts"] == pytest.approx(45.0)
+    assert s["best"] == pytest.approx(2.25)
