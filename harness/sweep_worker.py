@@ -72,6 +72,7 @@ def run_workers(sweeper: Any, study: Any, arguments: list[str], passthrough: lis
         "settings": sweeper.settings, "arguments": list(arguments), "n_trials": n_trials,
         "storage": sweeper.storage_url, "sweep_dir": str(sweeper.sweep_dir),
         "output_dir": sweeper.output_dir,
+        "trials_at_start": len(study.trials),  # the workers' seed base: not their start order
     })
     allowed = int(sweeper.max_failure_rate * n_trials)
     first_job = 0
@@ -253,9 +254,11 @@ def work(cfg: DictConfig, run_trial: Callable[[DictConfig, list[str]], Any]) -> 
     parser = OverridesParser.create(config_loader=sweeper.config_loader)
     space, passthrough = build_space(sweeper.params, spec["arguments"], parser.parse_overrides)
     is_grid = sweeper.sampler.get("name") == "grid"
-    # each worker its own seed stream: identical seeds would sample identical trials
+    # each worker its own seed stream (identical seeds would sample identical trials), fixed
+    # by the invocation and the worker index, not by which worker happened to start first
+    base = int(spec.get("trials_at_start", len(study.trials)))
     study.sampler = ss.make_sampler(sweeper.sampler, grid(space) if is_grid else None,
-                                    seed_offset=len(study.trials) + 1000 * index)
+                                    seed_offset=base + 1000 * index)
     n_trials, allowed = int(spec["n_trials"]), int(sweeper.max_failure_rate * spec["n_trials"])
     array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     mine = {"index": index, "slurm_job": "_".join(array) if all(array)
