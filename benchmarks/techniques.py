@@ -19,6 +19,10 @@ from pathlib import Path
 from benchmarks.common import compose, machine, run_json, steady_tokens_per_s, table, write_section
 
 TECHNIQUES = ("full", "lora", "dora", "qlora")
+NOTE = ('s/step is the mean over every step (the first ones included); tokens/s is steady state '
+        "(after step 2) in non-pad tokens. On CPU, peak memory is the process's peak RSS (model "
+        "load included), so the adapters' saving shows less than on a GPU; dtype is the first "
+        "floating-point parameter's (QLoRA's 4-bit base weights are stored as uint8).")
 
 
 def measure(model: str, technique: str, steps: int, batch: int, packing: bool) -> dict:
@@ -88,7 +92,8 @@ def main() -> None:
             f"{args.steps} steps, packing {'off' if args.no_packing else 'on'}, demo dataset.\n"
             f"Machine: {device}\n\n"
             + table(["technique", "trainable params", "share", "tokens/s", "s/step",
-                     "peak mem GB", "dtype"], rows))
+                     "peak mem GB", "dtype"], rows)
+            + "\n\n" + NOTE)
     write_section(f"techniques-{key}", body)
 
 
