@@ -72,10 +72,17 @@ def headline(runs: pd.DataFrame, summary: pd.DataFrame, source: Path) -> list[st
     parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
     lines = [f"{len(runs)} runs under {source} ({parts}); written "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
-    if len(summary) and pd.notna(summary.loc[0, "best_acc"]):
-        top = summary.iloc[0]
-        lines.append(f"Most accurate technique: {top['technique']} (task accuracy "
-                     f"{top['best_acc']:.3f}, run {str(top['best_run'])[:12]}).")
+    scored = summary[pd.notna(summary["best_acc"])] if len(summary) else summary
+    if len(scored):
+        best = scored["best_acc"].max()
+        tied = scored[scored["best_acc"] == best]
+        if len(tied) > 1:  # crowning the first of equals would mislead (e.g. all at 0)
+            lines.append(f"No single most accurate technique: {', '.join(tied['technique'])} "
+                         f"tie at task accuracy {best:.3f}.")
+        else:
+            top = tied.iloc[0]
+            lines.append(f"Most accurate technique: {top['technique']} (task accuracy "
+                         f"{best:.3f}, run {str(top['best_run'])[:12]}).")
     return lines
 
 

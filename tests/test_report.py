@@ -171,6 +171,23 @@ def test_technique_summary(outputs: Path):
     assert {"eval/mmlu/acc", "eval/perplexity/ppl"} <= set(summary.columns)
 
 
+@pytest.mark.parametrize(("accs", "expected"), [
+    ({"full": 0.0, "lora": 0.0, "dora": 0.0},
+     "No single most accurate technique: dora r16, full, lora r16 tie at task accuracy 0.000."),
+    ({"full": 0.5, "lora": 0.25, "dora": 0.5},
+     "No single most accurate technique: dora r16, full tie at task accuracy 0.500."),
+    ({"full": 0.25, "lora": 0.75, "dora": 0.5}, "Most accurate technique: lora r16 (task "
+     f"accuracy 0.750, run {fake_hash('lora')[:12]})."),
+])
+def test_headline_names_a_winner_only_without_a_tie(tmp_path: Path, accs: dict, expected: str):
+    for tech, acc in accs.items():
+        write_run(tmp_path, tech, (tech, None if tech == "full" else 16, 1e-4, "complete",
+                                   acc, 0.01, None))
+    runs = load_runs(tmp_path)
+    lines = report.headline(runs, tables.technique_summary(runs), tmp_path)
+    assert lines[1] == expected
+
+
 def test_pareto_front(outputs: Path):
     front = tables.pareto_front(load_runs(outputs))
     assert front["technique"].tolist() == ["qlora r16", "lora r16", "dora r16", "full"]
