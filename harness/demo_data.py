@@ -13,9 +13,11 @@ Answer schema (keys in this order, one line of JSON)::
 
     {"category": ..., "priority": ..., "product": ..., "order_id": ..., "amount": ..., "date": ...}
 
-- category: billing | refund | shipping | technical | account | cancellation | feedback,
-  implied by the problem description. Category words appear only as traps in another
-  category ("charged the shipping fee" is billing, "this billing period" cancellation).
+- category: billing | refund | shipping | technical | account | cancellation | feedback.
+  The subject line names the problem in most tickets ("Double charge", "Where is my
+  parcel?"); the rest have a vague subject ("Help", "Question about X") and the category is
+  implied only by the problem description, where category words appear solely as traps in
+  another category ("charged the shipping fee" is billing, "this billing period" cancellation).
 - priority: low | medium | high | urgent, by the rule below.
 - product: the product the ticket is about, as named (a second product may be mentioned in
   passing), or null when the ticket names none.
@@ -33,14 +35,13 @@ Answer schema (keys in this order, one line of JSON)::
 Priority rule (not stated in INSTRUCTION: a tuned model learns it from the rows):
 
 - feedback tickets are always ``low``;
-- otherwise points = 2 if work or business is blocked (the team cannot work, sales are lost)
-  + 1 if the customer names a deadline + 1 if this is a repeat contact (earlier emails,
-  calls, a case number, a quoted earlier reply) + 1 if the header's plan is Enterprise
-  + 1 if the amount is 500 USD or more;
-- 0 points -> low, 1 -> medium, 2 -> high, 3 or more -> urgent.
+- otherwise ``urgent`` if work or business is blocked (the team cannot work, sales are lost);
+- otherwise ``low``, one level up (``medium``, ``high``) for each of: the customer names a
+  deadline; this is a repeat contact (earlier emails, calls, a case number, a quoted reply).
 
 The customer's own urgency words ("URGENT!!", "ASAP", "no rush") do not count: triage teams
-do not trust self-rated urgency, and it keeps the label from hanging on one keyword.
+do not trust self-rated urgency, and it keeps the label from hanging on one keyword. Nor do
+the header's plan tier (Enterprise included) or the amount.
 
 Held-out generalisation: every pool (brands, customer names, companies, and each phrasing
 slot) is split by position, every ``HOLDOUT_EVERY``-th item held out (pools of fewer items,
@@ -74,7 +75,7 @@ PRIORITIES = ("low", "medium", "high", "urgent")
 INSTRUCTION = (
     "Triage the support ticket. Reply with one line of JSON with keys in this order: "
     "category (billing, refund, shipping, technical, account, cancellation or feedback), "
-    "priority (low, medium, high or urgent), product, order_id (ORD-123456 form), "
+    "priority (low, medium, high or urgent), product, order_id (ORD- and 6 digits), "
     "amount (USD number), date (YYYY-MM-DD of the event). Use null for anything absent."
 )
 
@@ -82,11 +83,11 @@ INSTRUCTION = (
 # split harder (more unseen phrasings, more date arithmetic, more id distractors).
 HOLDOUT_EVERY = 4  # every 4th pool item is test-only
 TEST_HELDOUT_P = 0.35  # chance a test phrasing slot draws from the held-out part
-P_RELATIVE_DATE = 0.35  # chance a recent date is written relative ("2 days ago")
+P_RELATIVE_DATE = 0.2  # chance a recent date is written relative ("2 days ago")
 P_CUSTOMER_NO = 0.25  # chance the header carries a 6-digit customer number (a distractor)
 P_OTHER_PRODUCT = 0.12  # chance a second product is mentioned in passing
+P_CUE_SUBJECT = 0.8  # chance the subject line names the problem (else a vague subject)
 MIN_WORDS, MAX_WORDS = 40, 120
-AMOUNT_POINT = 500.0  # amounts at or above this add a priority point
 SPLITS = ("train", "val", "test")
 
 # ---------------------------------------------------------------------------------------
@@ -489,6 +490,32 @@ SUBJECTS = (
     "Need help ASAP", "quick question", "Issue", "{x} - please read", "Support request",
     "Hello", "Complaint", "Your product", "Important", "About my purchase",
 )  # fmt: skip
+# Subjects that name the problem, by category: what most customers write in the subject line.
+# A ticket gets one with probability P_CUE_SUBJECT; otherwise a vague one from SUBJECTS, and
+# its category must be read from the body.
+CUE_SUBJECTS = {
+    "billing": ("Wrong charge on {x}", "Billing question", "Double charge", "Invoice problem",
+                "Charged incorrectly", "Billing error on {x}", "Payment issue", "Wrong invoice",
+                "Overcharged for {x}", "Billing mistake"),
+    "refund": ("Refund request", "Refund for {x}", "Where is my refund?", "Refund not received",
+               "Requesting a refund", "Refund please", "Return and refund of {x}",
+               "Still waiting for my refund", "Refund status", "Need a refund"),
+    "shipping": ("Where is my parcel?", "Delivery problem", "{x} not delivered",
+                 "Shipping delay", "Package not arrived", "Delivery issue with {x}",
+                 "Late delivery", "Shipping problem", "Parcel missing", "Tracking not updating"),
+    "technical": ("{x} not working", "Technical problem", "Error with {x}", "{x} broken",
+                  "Technical issue", "Bug report", "{x} keeps failing", "Fault with {x}",
+                  "Malfunction", "Something is broken"),
+    "account": ("Can't log in", "Login problem", "Account access", "Password issue",
+                "Locked out of {x}", "Account problem", "Sign-in trouble", "Account help needed",
+                "Login issue with {x}", "Access to my account"),
+    "cancellation": ("Cancel my order", "Cancellation request", "Please cancel {x}",
+                     "Cancel subscription", "Cancellation", "Cancel {x}", "Want to cancel",
+                     "Request to cancel", "Cancelling {x}", "Cancel please"),
+    "feedback": ("Feedback on {x}", "Suggestion", "Some feedback", "Idea for {x}", "Compliment",
+                 "Product feedback", "A suggestion for {x}", "Feature request", "Kudos",
+                 "Feedback"),
+}  # fmt: skip
 PLAN_LABELS = (
     "Plan", "Account tier", "Customer tier", "Subscription level", "Tier", "Account type",
 )  # fmt: skip
@@ -560,6 +587,7 @@ def pool_sizes() -> dict[str, dict[str, int]]:
     }  # fmt: skip
     for cat, kinds in PROBLEMS.items():
         pools.update({f"problems/{cat}/{kind}": pool for kind, pool in kinds.items()})
+    pools.update({f"cue_subjects/{cat}": pool for cat, pool in CUE_SUBJECTS.items()})
     pools.update({f"date_lines/{cat}": pool for cat, pool in DATE_LINES.items()})
     pools.update({f"mentions/{style}": pool for style, pool in MENTIONS.items()})
     sizes = {n: {"train": len(_part(p, False)), "heldout": len(_part(p, True))}
@@ -657,32 +685,23 @@ def _header_date(rng: random.Random, d: date, split: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def priority_for(
-    category: str,
-    blocked: bool,
-    deadline: bool,
-    repeat: bool,
-    enterprise: bool,
-    amount: float | None,
-) -> str:
+def priority_for(category: str, blocked: bool, deadline: bool, repeat: bool) -> str:
     """Apply the documented priority rule.
 
     Args:
         category: the ticket's category; feedback is always low.
-        blocked: work or business is blocked (2 points).
-        deadline: the customer names a deadline (1 point).
-        repeat: a repeat contact (1 point).
-        enterprise: the header's plan is Enterprise (1 point).
-        amount: the ticket's amount in USD or None; AMOUNT_POINT or more is 1 point.
+        blocked: work or business is blocked: urgent.
+        deadline: the customer names a deadline: one level up.
+        repeat: a repeat contact: one level up.
 
     Returns:
-        "low", "medium", "high" or "urgent" for 0, 1, 2, 3+ points.
+        "low", "medium", "high" or "urgent".
     """
     if category == "feedback":
         return "low"
-    points = 2 * blocked + deadline + repeat + enterprise
-    points += amount is not None and amount >= AMOUNT_POINT
-    return PRIORITIES[min(points, 3)]
+    if blocked:
+        return "urgent"
+    return PRIORITIES[deadline + repeat]
 
 
 def _json_number(value: float) -> float | int:
@@ -720,8 +739,7 @@ class _Ticket:
     customer_no: str | None
 
     def answer(self) -> dict[str, Any]:
-        prio = priority_for(self.category, self.blocked, self.deadline, self.repeat,
-                            self.enterprise, self.amount)  # fmt: skip
+        prio = priority_for(self.category, self.blocked, self.deadline, self.repeat)
         return {
             "category": self.category,
             "priority": prio,
@@ -774,6 +792,13 @@ def _mention(rng: random.Random, t: _Ticket, split: str) -> str:
     return _pick(rng, MENTIONS[style], split).format(x=t.product)
 
 
+def _generic_name(t: _Ticket) -> str:
+    """What a subject line calls the product when the ticket names none."""
+    style = STYLE.get((t.category, t.kind), "device")
+    return {"device": "my order", "plan": "my subscription", "app": "the app",
+            "account": "my account"}[style]  # fmt: skip
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -792,7 +817,8 @@ def _header(rng: random.Random, t: _Ticket, split: str) -> list[str]:
     if t.customer_no:
         meta.append(f"{_pick(rng, CUSTOMER_LABELS, split)}: {t.customer_no}")
     rng.shuffle(meta)
-    subject = _pick(rng, SUBJECTS, split).format(x=t.product or "my order")
+    pool = CUE_SUBJECTS[t.category] if rng.random() < P_CUE_SUBJECT else SUBJECTS
+    subject = _cap(_pick(rng, pool, split).format(x=t.product or _generic_name(t)))
     return [f"From: {sender}", *meta, f"Subject: {subject}"]
 
 
