@@ -40,6 +40,18 @@ def test_hash_changes_with_what_changes_the_result(override):
     assert config_hash(cfg_of("optimizer.lr=1e-4")) != config_hash(cfg_of("optimizer.lr=1e-4", override))
 
 
+@pytest.mark.parametrize(("technique", "lr"), [("lora", 1e-3), ("dora", 1e-3), ("qlora", 1e-3),
+                                               ("full", 5e-5)])
+def test_default_lr_follows_the_technique(technique, lr):
+    """optimizer.lr defaults to the technique's own lr; an explicit lr wins; the hash sees the
+    resolved value, so the default and the same lr written out are one run."""
+    cfg = cfg_of(f"technique={technique}")
+    assert cfg.optimizer.lr == cfg.technique.lr == lr
+    assert config_hash(cfg) == config_hash(cfg_of(f"technique={technique}", f"optimizer.lr={lr}"))
+    assert cfg_of(f"technique={technique}", "optimizer.lr=3e-4").optimizer.lr == 3e-4
+    assert cfg_of(f"technique={technique}", "optimizer=adamw_8bit").optimizer.lr == lr
+
+
 def test_hash_changes_with_dataset_content(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text((ASSETS / "tickets.jsonl").read_text())
