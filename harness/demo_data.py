@@ -785,18 +785,15 @@ def _digits(rng: random.Random) -> str:
     return str(rng.randrange(100000, 1000000))
 
 
+def _style(t: _Ticket) -> str:
+    """How the ticket refers to its product: a key of MENTIONS and GENERIC."""
+    return STYLE.get((t.category, t.kind), "device")
+
+
 def _mention(rng: random.Random, t: _Ticket, split: str) -> str:
-    style = STYLE.get((t.category, t.kind), "device")
     if t.product is None:
-        return _pick(rng, GENERIC[style], split)
-    return _pick(rng, MENTIONS[style], split).format(x=t.product)
-
-
-def _generic_name(t: _Ticket) -> str:
-    """What a subject line calls the product when the ticket names none."""
-    style = STYLE.get((t.category, t.kind), "device")
-    return {"device": "my order", "plan": "my subscription", "app": "the app",
-            "account": "my account"}[style]  # fmt: skip
+        return _pick(rng, GENERIC[_style(t)], split)
+    return _pick(rng, MENTIONS[_style(t)], split).format(x=t.product)
 
 
 def _cap(s: str) -> str:
@@ -818,7 +815,7 @@ def _header(rng: random.Random, t: _Ticket, split: str) -> list[str]:
         meta.append(f"{_pick(rng, CUSTOMER_LABELS, split)}: {t.customer_no}")
     rng.shuffle(meta)
     pool = CUE_SUBJECTS[t.category] if rng.random() < P_CUE_SUBJECT else SUBJECTS
-    subject = _cap(_pick(rng, pool, split).format(x=t.product or _generic_name(t)))
+    subject = _cap(_pick(rng, pool, split).format(x=t.product or GENERIC[_style(t)][0]))
     return [f"From: {sender}", *meta, f"Subject: {subject}"]
 
 

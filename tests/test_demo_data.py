@@ -211,13 +211,11 @@ def _phrases(pool: tuple[str, ...]) -> list[str]:
 def _priority_from_text(text: str, category: str) -> str:
     """The priority rule applied to what the ticket's body says (signal phrases only)."""
     body = _norm(text.split("\n\n", 1)[1])
-    if category == "feedback":
-        return "low"
-    if any(p in body for p in _phrases(D.BLOCKED)):
-        return "urgent"
-    deadline = any(p in body for p in _phrases(D.DEADLINE))
-    repeat = any(p in body for p in _phrases(D.REPEAT))
-    return D.PRIORITIES[deadline + repeat]
+
+    def says(pool: tuple[str, ...]) -> bool:
+        return any(p in body for p in _phrases(pool))
+
+    return D.priority_for(category, says(D.BLOCKED), says(D.DEADLINE), says(D.REPEAT))
 
 
 def test_priority_follows_from_the_text(data):
@@ -244,10 +242,7 @@ def _subject(text: str) -> str:
 
 def test_subject_names_the_category_in_most_tickets(data):
     """A cue subject agrees with the category; vague subjects leave it to the body."""
-    def literal(t: str) -> str:
-        return _norm(max(t.split("{x}"), key=len))
-
-    cues = {c: [literal(t) for t in pool] for c, pool in D.CUE_SUBJECTS.items()}
+    cues = {c: _phrases(pool) for c, pool in D.CUE_SUBJECTS.items()}
     rows = data["train"]
     cued = 0
     for r in rows:
