@@ -33,7 +33,7 @@ class ModelConfig:
 @dataclass
 class TechniqueConfig:
     name: str = MISSING  # full | lora | qlora | dora
-    lr: float = 1.0e-3  # this technique's default learning rate: optimizer.lr follows it
+    lr: float = 2.0e-3  # this technique's default learning rate: optimizer.lr follows it
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05

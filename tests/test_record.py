@@ -40,7 +40,7 @@ def test_hash_changes_with_what_changes_the_result(override):
     assert config_hash(cfg_of("optimizer.lr=1e-4")) != config_hash(cfg_of("optimizer.lr=1e-4", override))
 
 
-@pytest.mark.parametrize(("technique", "lr"), [("lora", 1e-3), ("dora", 1e-3), ("qlora", 1e-3),
+@pytest.mark.parametrize(("technique", "lr"), [("lora", 2e-3), ("dora", 2e-3), ("qlora", 2e-3),
                                                ("full", 5e-5)])
 def test_default_lr_follows_the_technique(technique, lr):
     """optimizer.lr defaults to the technique's own lr; an explicit lr wins; the hash sees the
