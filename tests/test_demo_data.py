@@ -211,19 +211,14 @@ def _phrases(pool: tuple[str, ...]) -> list[str]:
     return [_norm(max(re.split(r"\{\w+\}", t), key=len)) for t in pool]
 
 
-def _body_signals(text: str) -> tuple[bool, bool, bool]:
-    """(blocked, deadline, repeat) as the ticket's body says them (signal phrases only)."""
+def _priority_from_text(text: str, category: str) -> str:
+    """The priority rule applied to what the ticket's body says (signal phrases only)."""
     body = _norm(text.split("\n\n", 1)[1])
 
     def says(pool: tuple[str, ...]) -> bool:
         return any(p in body for p in _phrases(pool))
 
-    return says(D.BLOCKED), says(D.DEADLINE), says(D.REPEAT)
-
-
-def _priority_from_text(text: str, category: str) -> str:
-    """The priority rule applied to what the ticket's body says."""
-    return D.priority_for(category, *_body_signals(text))
+    return D.priority_for(category, says(D.BLOCKED), says(D.DEADLINE), says(D.REPEAT))
 
 
 def test_priority_follows_from_the_text(data):
