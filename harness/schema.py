@@ -82,12 +82,12 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100  # > 0 wins over epochs
+    max_steps: int = 400  # > 0 wins over epochs
     epochs: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 4
     grad_accum: int = 1
-    eval_every: int = 25  # steps between validation-loss evaluations (0: never)
-    save_every: int = 50  # steps between checkpoints (0: never)
+    eval_every: int = 50  # steps between validation-loss evaluations (0: never)
+    save_every: int = 100  # steps between checkpoints (0: never)
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement (0: off)
     packing: bool = False
