@@ -1,7 +1,7 @@
 """Per technique (full, LoRA, DoRA, QLoRA): peak memory, training tokens/s, trainable
 parameters. The same script runs unchanged on a CUDA GPU and says which device it ran on.
 
-    python -m benchmarks.techniques [--model smollm2_135m] [--steps 12] [--batch 8]
+    python -m benchmarks.techniques [--model smollm2_135m] [--steps 5] [--batch 4]
 
 Each technique runs in its own process so peak memory is its own. Tokens are non-pad
 training tokens; tokens/s is steady state (after the first 2 steps). Writes the section
@@ -67,8 +67,8 @@ def default_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--no-packing", action="store_true")
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one technique

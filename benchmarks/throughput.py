@@ -1,7 +1,7 @@
 """Training throughput: the harness against a plain TRL SFTTrainer script, in one invocation,
 plus model FLOPs utilisation against this machine's matmul peak measured in the same run.
 
-    python -m benchmarks.throughput [--model smollm2_135m] [--steps 8] [--batch 8]
+    python -m benchmarks.throughput [--model smollm2_135m] [--steps 6] [--batch 4]
 
 Three sides, each in its own process, on the same model, LoRA settings, rows and seed:
 
@@ -138,8 +138,8 @@ def _verdict(ok: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one side
     parser.add_argument("--peak", help=argparse.SUPPRESS)  # child process: matmul peak
     args = parser.parse_args()
