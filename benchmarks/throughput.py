@@ -1,19 +1,20 @@
 """Training throughput: the harness against a plain TRL SFTTrainer script, in one invocation,
 plus model FLOPs utilisation against this machine's matmul peak measured in the same run.
 
-    python -m benchmarks.throughput [--model smollm2_135m] [--steps 6] [--batch 4]
+    python -m benchmarks.throughput [--model smollm2_135m] [--steps 20] [--batch 4] [--override K=V]
 
 Three sides, each in its own process, on the same model, LoRA settings, rows and seed:
 
 - `harness`: `harness.train.train` with the harness's defaults (length-grouped batches, no
-  gradient checkpointing, plain cross-entropy off CUDA).
+  gradient checkpointing, plain cross-entropy off CUDA, torch.compile as auto turns it on for
+  the default 400-step trial).
 - `trl_default`: what a user writes: `SFTTrainer(model, SFTConfig(...), train_dataset)` with
   TRL's defaults (random batches padded to the longest row, gradient checkpointing on).
 - `trl_same`: the plain `SFTTrainer` with the harness's own SFTConfig and none of its callbacks
   or loss override: the harness's overhead at identical settings.
 
 Throughput counts useful (non-pad) training tokens per second in steady state (after the first
-2 steps). MFU = achieved training FLOP/s (4N per token with a frozen base, 6N for full
+2 steps, which hold the compiles; their seconds are reported beside it). MFU = achieved training FLOP/s (4N per token with a frozen base, 6N for full
 fine-tuning; attention FLOPs not counted) / the matmul peak of the training dtype, timed in
 the same invocation. Writes the sections `throughput` and `mfu` of BENCHMARKS.md.
 """
@@ -33,7 +34,7 @@ SIDES = ("harness", "trl_default", "trl_same")
 SPEEDUP_TARGET, OVERHEAD_TARGET, MFU_TARGET = 1.5, 0.05, 0.45
 
 
-def _setup(model: str, steps: int, batch: int):
+def _setup(model: str, steps: int, batch: int, overrides: list[str]):
     from harness.data import load_splits
     from harness.model import load_model
     from harness.technique import apply_technique, count_params
@@ -41,9 +42,12 @@ def _setup(model: str, steps: int, batch: int):
     tmp = Path(tempfile.mkdtemp(prefix="bench-tput-"))
     cfg = compose([
         f"model={model}", "technique=lora", "eval=none", f"train.max_steps={steps}",
+        # What train.compile=null (auto) picks for the default 400-step trial; a benchmark of
+        # a few steps would otherwise measure the uncompiled short-run path.
+        "train.compile=true",
         f"train.batch_size={batch}", "train.eval_every=0", "train.save_every=0",
         "dataset.demo.n_train=400", "dataset.demo.n_val=8", "dataset.demo.n_test=8",
-        f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", f"paths.log_dir={tmp}",
+        f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", f"paths.log_dir={tmp}", *overrides,
     ])
     model_obj, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
     splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
@@ -83,10 +87,10 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     return history.history
 
 
-def measure(model_name: str, side: str, steps: int, batch: int) -> dict:
+def measure(model_name: str, side: str, steps: int, batch: int, overrides: list[str]) -> dict:
     from harness.train import train
 
-    cfg, model, tok, splits, tmp, trainable, total = _setup(model_name, steps, batch)
+    cfg, model, tok, splits, tmp, trainable, total = _setup(model_name, steps, batch, overrides)
     start = time.perf_counter()
     if side == "harness":
         history = train(model, tok, splits, cfg, tmp / "run").history
@@ -95,17 +99,21 @@ def measure(model_name: str, side: str, steps: int, batch: int) -> dict:
     wall = time.perf_counter() - start
     dtype = str(next(p.dtype for p in model.parameters() if p.is_floating_point()))
     tokens = [h for h in history if "tokens" in h]
+    steps_done = [h for h in history if "tokens" in h and "train/loss" in h]
     return {"side": side, "tokens_per_s": steady_tokens_per_s(history), "train_s": wall,
+            # the first 2 steps: warm-up, and torch.compile's compiles where it is on
+            "warmup_s": steps_done[2]["time_s"] if len(steps_done) > 2 else float("nan"),
             "tokens": tokens[-1]["tokens"] if tokens else 0,
             "steps": max((h["step"] for h in history), default=0),
             "trainable": trainable, "total": total, "dtype": dtype.removeprefix("torch.")}
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of a square matmul in `dtype_name` on the training device, all threads.
-    The size doubles from 256 up to `n` while one product takes under 0.2 s: where a dtype
-    has no fast kernel (bf16 on a CPU without AVX-512-bf16 runs at ~0.3 GFLOP/s), a
-    2048-wide product would take a minute each."""
+def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
+    """Best FLOP/s of a square matmul in `dtype_name` on the training device, all threads,
+    over sizes doubling from 256 up to `n` while one product takes under 0.2 s: where a
+    dtype has no fast kernel (bf16 on a CPU without AVX-512-bf16 runs at ~0.3 GFLOP/s), a
+    large product would take minutes. The best over every size and try: the highest peak
+    this machine showed is the most conservative denominator for MFU."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,10 +133,17 @@ def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
             best = min(best, time.perf_counter() - start)
         return best
 
-    size = min(256, n)
-    while size < n and best_time(size, 2) < 0.2:
+    size, peak = 256, 0.0
+    while True:
+        seconds = best_time(size, reps + 1)
+        peak = max(peak, 2 * size**3 / seconds)
+        if size >= n or seconds >= 0.2:
+            return peak
         size *= 2
-    return 2 * size**3 / best_time(size, reps + 1)
+
+
+def _peaks(dtypes: list[str]) -> dict[str, float]:
+    return {d: run_json("benchmarks.throughput", ["--peak", d])["flops"] for d in dtypes}
 
 
 def _verdict(ok: bool) -> str:
@@ -138,40 +153,47 @@ def _verdict(ok: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--override", action="append", default=[],
+                        help="extra config override for every side (repeatable)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one side
     parser.add_argument("--peak", help=argparse.SUPPRESS)  # child process: matmul peak
     args = parser.parse_args()
     model = args.model or default_model()
     if args.one:
-        print(json.dumps(measure(model, args.one, args.steps, args.batch)))
+        print(json.dumps(measure(model, args.one, args.steps, args.batch, args.override)))
         return
     if args.peak:
         print(json.dumps({"flops": matmul_peak(args.peak)}))
         return
     device = machine()
+    # The matmul peak before and after the training sides (the higher one counts): a shared
+    # machine's speed drifts within a run, and a low peak would flatter the MFU.
+    peaks_before = _peaks(["bfloat16", "float32"])
     res = {}
     for side in SIDES:
-        res[side] = run_json("benchmarks.throughput", ["--one", side, "--model", model, "--steps",
-                                                       str(args.steps), "--batch", str(args.batch)])
+        res[side] = run_json("benchmarks.throughput", [
+            "--one", side, "--model", model, "--steps", str(args.steps), "--batch", str(args.batch),
+            *(f"--override={o}" for o in args.override)])
         print(json.dumps(res[side]))
     dtype = res["harness"]["dtype"]
-    peaks = {d: run_json("benchmarks.throughput", ["--peak", d])["flops"]
-             for d in dict.fromkeys([dtype, "bfloat16", "float32"])}
-    print(json.dumps({"matmul_peak_flops": peaks}))
+    peaks_after = _peaks(list(dict.fromkeys([dtype, "bfloat16", "float32"])))
+    peaks = {d: max(peaks_after[d], peaks_before.get(d, 0.0)) for d in peaks_after}
+    print(json.dumps({"matmul_peak_flops": peaks, "before": peaks_before, "after": peaks_after}))
 
     speedup = res["harness"]["tokens_per_s"] / res["trl_default"]["tokens_per_s"]
     overhead = 1 - res["harness"]["tokens_per_s"] / res["trl_same"]["tokens_per_s"]
     rows = [[s, f"{r['tokens_per_s']:.0f}", f"{r['tokens']:,}", r["steps"], f"{r['train_s']:.0f}",
-             f"{r['tokens_per_s'] / res['trl_default']['tokens_per_s']:.2f}x"]
+             f"{r['warmup_s']:.0f}", f"{r['tokens_per_s'] / res['trl_default']['tokens_per_s']:.2f}x"]
             for s, r in res.items()]
     setting = (f"model `{model}` ({dtype}), LoRA r16 on the attention projections, batch "
                f"{args.batch}, {args.steps} steps, demo dataset (400 training rows), seed 0.")
     body = (
         "### Training throughput: harness vs plain TRL\n\n"
         f"`python -m benchmarks.throughput` — {setting}\nMachine: {device}\n\n"
-        + table(["side", "useful tokens/s", "tokens", "steps", "wall s", "vs trl_default"], rows)
+        + table(["side", "useful tokens/s", "tokens", "steps", "wall s", "first 2 steps s",
+                 "vs trl_default"], rows)
         + "\n\n"
         + table(["target", "measured", "verdict"], [
             [f"harness >= {SPEEDUP_TARGET}x plain TRL with its defaults", f"{speedup:.2f}x",
@@ -199,7 +221,8 @@ def main() -> None:
         f"Achieved: {n_factor:.0f}N x {res['harness']['tokens_per_s']:.0f} tokens/s = "
         f"{achieved / 1e9:.1f} GFLOP/s (N = {res['harness']['total']:,} parameters; attention "
         "FLOPs not counted, so this understates the work).\n\n"
-        + table(["matmul peak (square, up to 2048, this run)", "GFLOP/s", "MFU"],
+        + table(["matmul peak (square, 256-4096, best of before and after training)",
+                 "GFLOP/s", "MFU"],
                 [[d, f"{p / 1e9:.1f}", f"{mfu[d]:.0%}" if d == dtype else "-"]
                  for d, p in peaks.items()])
         + "\n\n"

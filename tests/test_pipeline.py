@@ -131,6 +131,47 @@ def test_resume_continues_at_saved_step(tmp_path):
     assert state["global_step"] == 8
 
 
+def test_compile_auto_is_on_only_for_runs_that_pay_it_back(tmp_path):
+    from harness.train import COMPILE_MIN_STEPS, sft_config, use_compile
+
+    def compiled(*overrides, n_train=None):
+        cfg = make_cfg(tmp_path, *overrides)
+        assert cfg.train.compile in (None, True, False)
+        return use_compile(cfg.train, n_train)
+
+    assert compiled() is False  # the tests' 8 steps
+    assert compiled(f"train.max_steps={COMPILE_MIN_STEPS}") is True
+    assert compiled("train.max_steps=0", "train.epochs=1") is False  # row count unknown
+    assert compiled("train.max_steps=0", "train.epochs=1", n_train=4 * COMPILE_MIN_STEPS) is True
+    assert compiled("train.max_steps=0", "train.epochs=1", "train.grad_accum=2",
+                    n_train=4 * COMPILE_MIN_STEPS) is False  # half as many optimizer steps
+    assert compiled("train.compile=true") is True
+    assert compiled(f"train.max_steps={COMPILE_MIN_STEPS}", "train.compile=false") is False
+    cfg = make_cfg(tmp_path, "train.compile=true")
+    assert sft_config(cfg, tmp_path / "ckpt", True, torch.float32).torch_compile is True
+    assert make_cfg(tmp_path).train.compile is None  # the shipped default is auto
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("technique", ["lora", "qlora"])
+def test_compiled_training_matches_eager(tmp_path, technique):
+    """torch.compile changes the speed, not the training: the same seed gives the same losses
+    (to rounding) and the adapters still get gradients."""
+    runs = {}
+    for mode in ("false", "true"):
+        cfg = make_cfg(tmp_path, f"technique={technique}", "technique.dropout=0",
+                       "train.max_steps=6", "train.eval_every=3", "train.save_every=0",
+                       f"train.compile={mode}")
+        model, tok, splits = build(cfg)
+        runs[mode] = train(model, tok, splits, cfg, tmp_path / f"run-{mode}")
+    eager, compiled = runs["false"], runs["true"]
+    assert compiled.steps == 6 and compiled.grad_norm_first_step > 0
+    losses = {m: [h["train/loss"] for h in r.history if "train/loss" in h] for m, r in runs.items()}
+    assert losses["true"] == pytest.approx(losses["false"], rel=2e-2), losses
+    assert losses["true"][-1] < losses["true"][0]
+    assert compiled.eval_loss == pytest.approx(eager.eval_loss, rel=2e-2)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("technique.r=0", "technique.r=0"),
     ("optimizer.lr=-1", "optimizer.lr=-1"),
