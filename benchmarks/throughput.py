@@ -34,7 +34,7 @@ SIDES = ("harness", "trl_default", "trl_same")
 SPEEDUP_TARGET, OVERHEAD_TARGET, MFU_TARGET = 1.5, 0.05, 0.45
 
 
-def _setup(model: str, steps: int, batch: int, overrides: list[str]):
+def _setup(model: str, steps: int, batch: int, overrides: list[str] | tuple = ()):
     from harness.data import load_splits
     from harness.model import load_model
     from harness.technique import apply_technique, count_params
@@ -87,7 +87,8 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     return history.history
 
 
-def measure(model_name: str, side: str, steps: int, batch: int, overrides: list[str]) -> dict:
+def measure(model_name: str, side: str, steps: int, batch: int,
+            overrides: list[str] | tuple = ()) -> dict:
     from harness.train import train
 
     cfg, model, tok, splits, tmp, trainable, total = _setup(model_name, steps, batch, overrides)
