@@ -76,9 +76,23 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def steady_tokens_per_s(history: list[dict], skip: int = 2) -> float:
+WARMUP_STEPS = 2  # left out of steady-state throughput: allocations, torch.compile's compiles
+
+
+def _step_points(history: list[dict]) -> list[dict]:
+    """The training steps of a HistoryCallback history (tokens and seconds so far)."""
+    return [h for h in history if "tokens" in h and "train/loss" in h]
+
+
+def warmup_seconds(history: list[dict], skip: int = WARMUP_STEPS) -> float:
+    """Seconds until the end of step `skip`: what steady_tokens_per_s leaves out."""
+    points = _step_points(history)
+    return points[skip]["time_s"] if len(points) > skip else float("nan")
+
+
+def steady_tokens_per_s(history: list[dict], skip: int = WARMUP_STEPS) -> float:
     """Non-pad tokens/s between step `skip` and the last step (first steps warm up)."""
-    points = [h for h in history if "tokens" in h and "train/loss" in h]
+    points = _step_points(history)
     if len(points) <= skip:
         points = [{"tokens": 0, "time_s": 0.0}, *points]
         skip = 0

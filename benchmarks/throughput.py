@@ -14,9 +14,9 @@ Three sides, each in its own process, on the same model, LoRA settings, rows and
   or loss override: the harness's overhead at identical settings.
 
 Throughput counts useful (non-pad) training tokens per second in steady state (after the first
-2 steps, which hold the compiles; their seconds are reported beside it). MFU = achieved training FLOP/s (4N per token with a frozen base, 6N for full
-fine-tuning; attention FLOPs not counted) / the matmul peak of the training dtype, timed in
-the same invocation. Writes the sections `throughput` and `mfu` of BENCHMARKS.md.
+2 steps, which hold the compiles; their seconds are reported beside it). MFU = achieved
+training FLOP/s (4N per token with a frozen base, 6N for full fine-tuning; attention FLOPs not
+counted) / the matmul peak of the training dtype, timed in the same invocation. Writes the sections `throughput` and `mfu` of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import compose, machine, run_json, steady_tokens_per_s, table, write_section
+from benchmarks.common import (
+    compose,
+    machine,
+    run_json,
+    steady_tokens_per_s,
+    table,
+    warmup_seconds,
+    write_section,
+)
 from benchmarks.techniques import default_model
 
 SIDES = ("harness", "trl_default", "trl_same")
@@ -100,10 +108,8 @@ def measure(model_name: str, side: str, steps: int, batch: int,
     wall = time.perf_counter() - start
     dtype = str(next(p.dtype for p in model.parameters() if p.is_floating_point()))
     tokens = [h for h in history if "tokens" in h]
-    steps_done = [h for h in history if "tokens" in h and "train/loss" in h]
     return {"side": side, "tokens_per_s": steady_tokens_per_s(history), "train_s": wall,
-            # the first 2 steps: warm-up, and torch.compile's compiles where it is on
-            "warmup_s": steps_done[2]["time_s"] if len(steps_done) > 2 else float("nan"),
+            "warmup_s": warmup_seconds(history),
             "tokens": tokens[-1]["tokens"] if tokens else 0,
             "steps": max((h["step"] for h in history), default=0),
             "trainable": trainable, "total": total, "dtype": dtype.removeprefix("torch.")}
@@ -134,7 +140,7 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
             best = min(best, time.perf_counter() - start)
         return best
 
-    size, peak = 256, 0.0
+    size, peak = min(256, n), 0.0
     while True:
         seconds = best_time(size, reps + 1)
         peak = max(peak, 2 * size**3 / seconds)
