@@ -31,6 +31,31 @@ def test_throughput_sides_train_the_same_model_and_count_real_tokens(side):
     assert 0 < r["trainable"] < r["total"]  # LoRA on every side
 
 
+def test_attention_flops_are_half_what_torch_counts_for_full_scores():
+    # torch's FLOP counter sees attention only as matmuls (eager attention: every T x T
+    # score, forward and backward); the benchmark counts the causal half a flash kernel does.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.data import token_length
+
+    _, model, tok, splits, *_ = throughput._setup("tiny_random", 1, 1, ["train.compile=false"])
+    row = splits.train[0]
+    t = token_length(row, tok)
+    per_token = throughput.attention_flops_per_token(model, tok, [row], max_length=10**6)
+    ids = torch.randint(0, model.config.vocab_size, (1, t))
+
+    def flops() -> int:
+        with FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, labels=ids).loss.backward()
+        return sum(counter.get_flop_counts()["Global"].values())
+
+    without_attention = flops()  # SDPA's CPU kernel is not in the counter's table
+    model.get_base_model().set_attn_implementation("eager")
+    full_scores = flops() - without_attention
+    assert full_scores > 0 and per_token * t == pytest.approx(full_scores / 2, rel=1e-9)
+
+
 def test_matmul_peak_is_a_rate():
     assert throughput.matmul_peak("float32", n=256, reps=2) > 1e6
 
