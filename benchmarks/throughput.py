@@ -6,10 +6,11 @@ plus model FLOPs utilisation against this machine's matmul peak measured in the 
 Three sides, each in its own process, on the same model, LoRA settings, rows and seed:
 
 - `harness`: `harness.train.train` with the harness's defaults (length-grouped batches, no
-  gradient checkpointing, plain cross-entropy off CUDA, torch.compile as auto turns it on for
-  the default 400-step trial).
+  gradient checkpointing, plain cross-entropy off CUDA, eager attention for bf16 on CPU,
+  torch.compile as auto turns it on for the default 400-step trial).
 - `trl_default`: what a user writes: `SFTTrainer(model, SFTConfig(...), train_dataset)` with
-  TRL's defaults (random batches padded to the longest row, gradient checkpointing on).
+  TRL's defaults (random batches padded to the longest row, gradient checkpointing on), the
+  model loaded with transformers' default attention (sdpa).
 - `trl_same`: the plain `SFTTrainer` with the harness's own SFTConfig and none of its callbacks
   or loss override: the harness's overhead at identical settings.
 
@@ -117,6 +118,8 @@ def measure(model_name: str, side: str, steps: int, batch: int,
             overrides: list[str] | tuple = ()) -> dict:
     from harness.train import train
 
+    if side == "trl_default":  # a user's script loads the model with transformers' default
+        overrides = ["model.attn_implementation=sdpa", *overrides]
     cfg, model, tok, splits, tmp, trainable, total = _setup(model_name, steps, batch, overrides)
     attn = attention_flops_per_token(model, tok, splits.train, cfg.model.max_length)
     start = time.perf_counter()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.data import load_splits
+from harness.data import load_splits, response_text
 from harness.errors import ConfigError, TrainingError
-from harness.model import disable_4bit_cpu_repack, load_model
+from harness.model import disable_4bit_cpu_repack, load_model, resolve_attention
 from harness.schema import register_configs
 from harness.technique import apply_technique, check_adapter_grads, count_params
 from harness.train import train
@@ -177,12 +177,45 @@ def test_compiled_training_matches_eager(tmp_path, technique):
     ("optimizer.lr=-1", "optimizer.lr=-1"),
     ("technique.dropout=1.5", "technique.dropout"),
     ("optimizer.scheduler=wavy", "optimizer.scheduler"),
+    ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
 ])
 def test_impossible_values_name_the_setting(tmp_path, override, message):
     cfg = make_cfg(tmp_path, "technique=lora", override)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         model, tok, splits = build(cfg)
         train(model, tok, splits, cfg, tmp_path / "run")
+
+
+def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(tmp_path):
+    def pick(dtype, *overrides):
+        cfg = make_cfg(tmp_path, *overrides)
+        return resolve_attention(cfg.model, cfg.technique, dtype)
+
+    assert pick(torch.bfloat16, "technique=lora") == "eager"
+    assert pick(torch.float32, "technique=lora") == "sdpa"
+    assert pick(torch.bfloat16, "technique=lora", "model.max_length=4096") == "sdpa"
+    assert pick(torch.bfloat16, "technique=qlora") == "sdpa"
+    assert pick(torch.bfloat16, "technique=lora", "model.attn_implementation=sdpa") == "sdpa"
+    cfg = make_cfg(tmp_path, "technique=lora", "model.attn_implementation=eager")
+    model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+    assert model.config._attn_implementation == "eager"
+
+
+def test_eager_and_sdpa_attention_give_the_same_loss(tmp_path):
+    cfg = make_cfg(tmp_path, "technique=lora")
+    model, tok, splits = build(cfg)
+    batch = tok([response_text(r) for r in splits.train[:4]], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    losses = {}
+    for impl in ("eager", "sdpa"):
+        model.get_base_model().set_attn_implementation(impl)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        grad = next(p.grad for p in model.parameters() if p.requires_grad).clone()
+        model.zero_grad()
+        losses[impl] = (loss.item(), grad)
+    assert losses["eager"][0] == pytest.approx(losses["sdpa"][0], rel=1e-4)  # fp32 rounding
+    torch.testing.assert_close(losses["eager"][1], losses["sdpa"][1], rtol=1e-3, atol=1e-5)
 
 
 def test_qlora_without_4bit_support_is_a_clear_error(tmp_path, monkeypatch):
