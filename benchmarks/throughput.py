@@ -6,8 +6,9 @@ plus model FLOPs utilisation against this machine's matmul peak measured in the 
 Three sides, each in its own process, on the same model, LoRA settings, rows and seed:
 
 - `harness`: `harness.train.train` with the harness's defaults (length-grouped batches, no
-  gradient checkpointing, plain cross-entropy off CUDA, eager attention for bf16 on CPU,
-  torch.compile as auto turns it on for the default 400-step trial).
+  gradient checkpointing, plain cross-entropy off CUDA, torch.compile as auto turns it on for
+  the default 400-step trial, and with it sdpa attention: model.attn_implementation=auto
+  picks eager for bf16 on CPU only for uncompiled steps).
 - `trl_default`: what a user writes: `SFTTrainer(model, SFTConfig(...), train_dataset)` with
   TRL's defaults (random batches padded to the longest row, gradient checkpointing on), the
   model loaded with transformers' default attention (sdpa).
@@ -77,6 +78,7 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     from trl import SFTConfig, SFTTrainer
 
     from harness.data import to_trl
+    from harness.model import resolve_attention, set_attention
     from harness.train import HistoryCallback, sft_config
 
     use_chat = tok.chat_template is not None
@@ -84,6 +86,9 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if same:
         args = sft_config(cfg, tmp / "ckpt", False, dtype)
+        # The attention harness.train.train picks for this step (eager only uncompiled).
+        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype,
+                                               args.torch_compile))
     else:
         args = SFTConfig(
             output_dir=str(tmp / "ckpt"), max_steps=cfg.train.max_steps,
@@ -238,9 +243,9 @@ def main() -> None:
         "(torch.compile, as train.compile=auto does for the default 400-step trial; the "
         "compiles are the first 2 steps' seconds, left out of the steady tokens/s), and off "
         "CUDA computes the plain cross-entropy instead of TRL's per-token entropy and accuracy "
-        "logging. `trl_same` runs TRL's own SFTTrainer with the harness's SFTConfig (compiled "
-        "too): the remaining gap is the callbacks' and loss override's cost (negative: the "
-        "harness is faster)."
+        "logging. `trl_same` runs TRL's own SFTTrainer on the harness's model with the "
+        "harness's SFTConfig (compiled too): the remaining gap is the "
+        "callbacks' and loss override's cost (negative: the harness is faster)."
     )
     write_section("throughput", body)
 

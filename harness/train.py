@@ -19,6 +19,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 from harness.data import Splits, to_trl
 from harness.errors import ConfigError, TrainingError
+from harness.model import resolve_attention, set_attention
 from harness.technique import check_adapter_grads
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,8 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None, dtype, len(train_ds))
+    if cfg.model.get("attn_implementation") is None:  # auto: eager only for uncompiled steps
+        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype, args.torch_compile))
     guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback()
     extra = [guard, history, *(callbacks or [])]
     if args.load_best_model_at_end:

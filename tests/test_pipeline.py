@@ -186,12 +186,13 @@ def test_impossible_values_name_the_setting(tmp_path, override, message):
         train(model, tok, splits, cfg, tmp_path / "run")
 
 
-def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(tmp_path):
-    def pick(dtype, *overrides):
+def test_attention_auto_is_eager_only_for_short_uncompiled_bf16_cpu_training(tmp_path):
+    def pick(dtype, *overrides, compiled=False):
         cfg = make_cfg(tmp_path, *overrides)
-        return resolve_attention(cfg.model, cfg.technique, dtype)
+        return resolve_attention(cfg.model, cfg.technique, dtype, compiled)
 
     assert pick(torch.bfloat16, "technique=lora") == "eager"
+    assert pick(torch.bfloat16, "technique=lora", compiled=True) == "sdpa"  # compiles 3x longer
     assert pick(torch.float32, "technique=lora") == "sdpa"
     assert pick(torch.bfloat16, "technique=lora", "model.max_length=4096") == "sdpa"
     assert pick(torch.bfloat16, "technique=qlora") == "sdpa"
