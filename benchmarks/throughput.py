@@ -257,7 +257,7 @@ def main() -> None:
     mfu_dense = {d: dense / p for d, p in peaks.items()}
 
     def measured(d: str) -> str:
-        return f"{mfu[d]:.0%} ({n_factor:.0f}N only: {mfu_dense[d]:.0%})"
+        return f"{mfu[d]:.1%} ({n_factor:.0f}N only: {mfu_dense[d]:.1%})"
 
     body = (
         "### Model FLOPs utilisation\n\n"
@@ -271,7 +271,7 @@ def main() -> None:
         "what is counted here.\n\n"
         + table(["matmul peak (square, 256-4096, best of before and after training)",
                  "GFLOP/s", "MFU", f"MFU, {n_factor:.0f}N only"],
-                [[d, f"{p / 1e9:.1f}", *((f"{mfu[d]:.0%}", f"{mfu_dense[d]:.0%}")
+                [[d, f"{p / 1e9:.1f}", *((f"{mfu[d]:.1%}", f"{mfu_dense[d]:.1%}")
                                          if d == dtype else ("-", "-"))]
                  for d, p in peaks.items()])
         + "\n\n"
