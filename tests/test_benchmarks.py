@@ -39,7 +39,8 @@ def test_attention_flops_are_half_what_torch_counts_for_full_scores():
 
     from harness.data import token_length
 
-    _, model, tok, splits, *_ = throughput._setup("tiny_random", 1, 1, ["train.compile=false"])
+    _, model, tok, splits, *_ = throughput._setup(
+        "tiny_random", 1, 1, ["train.compile=false", "model.attn_implementation=sdpa"])
     row = splits.train[0]
     t = token_length(row, tok)
     per_token = throughput.attention_flops_per_token(model, tok, [row], max_length=10**6)
