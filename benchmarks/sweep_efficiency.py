@@ -100,9 +100,10 @@ def main() -> None:
     rerun = summarize(pruned_dir, rerun_wall)
     print(json.dumps({"rerun_wall_s": rerun_wall}))
 
-    rows = []
+    rows, gaps = [], []
     for seed, pr, fu in results:
         saving, gap = compare(pr, fu)
+        gaps.append(100 * gap)
         for name, s in ((f"pruned ({pruner_label()})", pr), ("no pruning", fu)):
             rows.append([seed, name, s["trials"], s["complete"], s["pruned"], f"{s['steps']:.0f}",
                          f"{s['tokens']:,.0f}", f"{s['train_s']:.0f}", f"{s['wall_s']:.0f}",
@@ -111,7 +112,6 @@ def main() -> None:
     rows.append([results[0][0], "re-run of the pruned sweep (memoized)", rerun["trials"], "-", "-",
                  "0", "0", "0", f"{rerun_wall:.0f}", f"{rerun['best']:.4f}", ""])
     saving = 1 - sum(p["tokens"] for _, p, _ in results) / sum(f["tokens"] for *_, f in results)
-    gaps = [100 * compare(p, f)[1] for _, p, f in results]
     mean_gap = sum(gaps) / len(gaps)
     within = sum(g <= BEST_TOLERANCE_PCT for g in gaps)
     seeds = ", ".join(map(str, args.seeds))

@@ -78,17 +78,14 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     from trl import SFTConfig, SFTTrainer
 
     from harness.data import to_trl
-    from harness.model import resolve_attention, set_attention
-    from harness.train import HistoryCallback, sft_config
+    from harness.train import HistoryCallback, sft_config, use_training_attention
 
     use_chat = tok.chat_template is not None
     train_ds = Dataset.from_list([to_trl(r, use_chat) for r in splits.train])
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if same:
         args = sft_config(cfg, tmp / "ckpt", False, dtype)
-        # The attention harness.train.train picks for this step (eager only uncompiled).
-        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype,
-                                               args.torch_compile))
+        use_training_attention(model, cfg, dtype, args.torch_compile)  # as train() does
     else:
         args = SFTConfig(
             output_dir=str(tmp / "ckpt"), max_steps=cfg.train.max_steps,

@@ -122,6 +122,14 @@ def _trainer_class():
     return HarnessSFTTrainer
 
 
+def use_training_attention(model, cfg: DictConfig, dtype: torch.dtype, compiled: bool) -> None:
+    """The attention a training step runs with: load_model resolved auto for an uncompiled
+    step; a compiled one switches back to sdpa (model.resolve_attention). A name set in
+    model.attn_implementation stays as loaded."""
+    if cfg.model.get("attn_implementation") is None:
+        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype, compiled))
+
+
 def use_compile(train_cfg: DictConfig, n_train: int | None = None) -> bool:
     """train.compile, with None (auto) resolved: on when the run is long enough to pay back
     the one-off compile. Epoch-based runs need `n_train` (training rows) to count steps."""
@@ -233,8 +241,7 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None, dtype, len(train_ds))
-    if cfg.model.get("attn_implementation") is None:  # auto: eager only for uncompiled steps
-        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype, args.torch_compile))
+    use_training_attention(model, cfg, dtype, args.torch_compile)
     guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback()
     extra = [guard, history, *(callbacks or [])]
     if args.load_best_model_at_end:
