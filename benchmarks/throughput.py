@@ -7,8 +7,8 @@ Three sides, each in its own process, on the same model, LoRA settings, rows and
 
 - `harness`: `harness.train.train` with the harness's defaults (length-grouped batches, no
   gradient checkpointing, plain cross-entropy off CUDA, torch.compile as auto turns it on for
-  the default 400-step trial, and with it sdpa attention: model.attn_implementation=auto
-  picks eager for bf16 on CPU only for uncompiled steps).
+  the default 400-step trial, and the attention model.attn_implementation=auto picks: eager
+  for bf16 on CPU).
 - `trl_default`: what a user writes: `SFTTrainer(model, SFTConfig(...), train_dataset)` with
   TRL's defaults (random batches padded to the longest row, gradient checkpointing on), the
   model loaded with transformers' default attention (sdpa).
@@ -78,14 +78,13 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     from trl import SFTConfig, SFTTrainer
 
     from harness.data import to_trl
-    from harness.train import HistoryCallback, sft_config, use_training_attention
+    from harness.train import HistoryCallback, sft_config
 
     use_chat = tok.chat_template is not None
     train_ds = Dataset.from_list([to_trl(r, use_chat) for r in splits.train])
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if same:
         args = sft_config(cfg, tmp / "ckpt", False, dtype)
-        use_training_attention(model, cfg, dtype, args.torch_compile)  # as train() does
     else:
         args = SFTConfig(
             output_dir=str(tmp / "ckpt"), max_steps=cfg.train.max_steps,

@@ -66,25 +66,25 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 EAGER_ATTENTION_MAX_LENGTH = 1024  # eager keeps every T x T score for the backward pass
 
 
-def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: torch.dtype,
-                      compiled: bool = False) -> str:
+def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: torch.dtype) -> str:
     """model.attn_implementation, with null (auto) resolved.
 
-    auto: transformers' `sdpa`, except uncompiled bf16 training on CPU up to 1,024 tokens:
-    there `eager` attention (two batched matmuls and a softmax) ran a LoRA step of SmolLM2-135M
-    (4 x 300 tokens, steps alternating in one process) in 3.4 s against 4.1 s, because torch's
-    CPU flash-attention kernel reached ~40 GFLOP/s in bf16 where the matmuls reach ~400. In fp32
-    sdpa was faster (7.4 against 8.0 s). A compiled step is faster with eager too (403 against
-    337 tokens/s in benchmarks.throughput) but its compile over varying row lengths took 500 s
-    against 165 s: more than a 400-step run wins back, so compiled runs keep sdpa. Beyond 1,024
-    tokens the T x T scores kept for the backward pass cost more memory than the speed is
-    worth. QLoRA keeps sdpa (not measured). Any transformers name or hub kernel passes through.
+    auto: transformers' `sdpa`, except bf16 training on CPU up to 1,024 tokens: there `eager`
+    attention (two batched matmuls and a softmax) is faster because torch's CPU flash-attention
+    kernel reached ~40 GFLOP/s in bf16 where the matmuls reach ~400. LoRA steps of SmolLM2-135M
+    (4 rows of 251-347 tokens, steps alternating in one process) took 3.4 s against 4.1 s
+    uncompiled and 2.89 s against 3.32 s compiled. Compiling eager costs more (413 s against 277
+    s with an empty torch.compile cache; the harness's training compile: 458 s, ~175 s once
+    train() has the kernels under paths.cache_dir), which a 400-step run wins back. In fp32
+    sdpa was faster (7.4 against 8.0 s uncompiled). Beyond 1,024 tokens the T x T scores kept
+    for the backward pass cost more memory than the speed is worth. QLoRA keeps sdpa (not
+    measured). Any transformers name or hub kernel passes through.
     """
     name = model_cfg.get("attn_implementation")
     if name is None:
         cpu_bf16 = device().type == "cpu" and dtype == torch.bfloat16
         short = model_cfg.max_length <= EAGER_ATTENTION_MAX_LENGTH
-        eager = cpu_bf16 and short and technique_cfg.name != "qlora" and not compiled
+        eager = cpu_bf16 and short and technique_cfg.name != "qlora"
         return "eager" if eager else "sdpa"
     if name not in ATTENTION and "/" not in str(name):
         raise ConfigError(f"model.attn_implementation={name!r}: choose one of null (auto), "

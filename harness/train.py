@@ -19,7 +19,6 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 from harness.data import Splits, to_trl
 from harness.errors import ConfigError, TrainingError
-from harness.model import resolve_attention, set_attention
 from harness.technique import check_adapter_grads
 
 log = logging.getLogger(__name__)
@@ -27,10 +26,12 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}
 SCHEDULERS = ("cosine", "linear", "constant")
 # train.compile=null (auto) compiles runs of at least this many optimizer steps. Measured on 2
-# CPU cores (bf16 LoRA, SmolLM2-135M, default trial, README "One trial"): the compiles (the
-# training graph, its dynamic-shape version, the evaluation graph) cost ~2 minutes and the
-# step drops from ~5.6 s to ~3.4 s, so they pay back after ~55 steps; 200 leaves room for
-# machines where compiling is slower or gains less (AVX2-only fp32 CPUs: not measured).
+# CPU cores (bf16 LoRA, SmolLM2-135M, eager attention, benchmarks.throughput's harness side,
+# 2026-11-24): 300 tokens/s (~4.1 s a step) uncompiled, ~410 (~3.0 s) compiled. The compiles
+# cost 458 s with an empty kernel cache and ~175 s once keep_compiled_kernels' folder holds the
+# kernels, so they pay back after ~160 steps (~420 the very first time on a machine). 200
+# leaves room for machines where compiling is slower or gains less (AVX2-only fp32 CPUs: not
+# measured).
 COMPILE_MIN_STEPS = 200
 
 
@@ -122,12 +123,15 @@ def _trainer_class():
     return HarnessSFTTrainer
 
 
-def use_training_attention(model, cfg: DictConfig, dtype: torch.dtype, compiled: bool) -> None:
-    """The attention a training step runs with: load_model resolved auto for an uncompiled
-    step; a compiled one switches back to sdpa (model.resolve_attention). A name set in
-    model.attn_implementation stays as loaded."""
-    if cfg.model.get("attn_implementation") is None:
-        set_attention(model, resolve_attention(cfg.model, cfg.technique, dtype, compiled))
+def keep_compiled_kernels(cache_dir: str | Path) -> Path:
+    """Puts torch.compile's kernel cache under paths.cache_dir unless the user set
+    TORCHINDUCTOR_CACHE_DIR: the next trial, run or SLURM job sharing that folder reuses the
+    compiled kernels instead of rebuilding them in /tmp. Returns the folder in use."""
+    import harness
+
+    folder = Path(harness.USER_INDUCTOR_CACHE or Path(cache_dir) / "torchinductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # torch reads it at every lookup
+    return folder
 
 
 def use_compile(train_cfg: DictConfig, n_train: int | None = None) -> bool:
@@ -241,7 +245,8 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None, dtype, len(train_ds))
-    use_training_attention(model, cfg, dtype, args.torch_compile)
+    if args.torch_compile:
+        log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))
     guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback()
     extra = [guard, history, *(callbacks or [])]
     if args.load_best_model_at_end:
