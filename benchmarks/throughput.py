@@ -237,10 +237,12 @@ def main() -> None:
         "harness turns checkpointing off by default (a 135M-parameter model's activations fit "
         "easily), groups rows of similar length, uses LoRA dropout 0 and compiles the step "
         "(torch.compile, as train.compile=auto does for the default 400-step trial; the "
-        "compiles are the first 2 steps' seconds, left out of the steady tokens/s), and off "
+        "compiles are the first 2 steps' seconds, left out of the steady tokens/s), runs eager "
+        "attention in bf16 on CPU (TRL's script loads sdpa, whose CPU flash-attention kernel "
+        "runs at about a tenth of the matmul rate), and off "
         "CUDA computes the plain cross-entropy instead of TRL's per-token entropy and accuracy "
-        "logging. `trl_same` runs TRL's own SFTTrainer on the harness's model with the "
-        "harness's SFTConfig (compiled too): the remaining gap is the "
+        "logging. `trl_same` runs TRL's own SFTTrainer on the harness's model (its attention "
+        "too) with the harness's SFTConfig (compiled too): the remaining gap is the "
         "callbacks' and loss override's cost (negative: the harness is faster)."
     )
     write_section("throughput", body)
