@@ -84,20 +84,11 @@ def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: t
     if name is None:
         cpu_bf16 = device().type == "cpu" and dtype == torch.bfloat16
         short = model_cfg.max_length <= EAGER_ATTENTION_MAX_LENGTH
-        eager = cpu_bf16 and short and technique_cfg.name != "qlora"
-        return "eager" if eager else "sdpa"
+        return "eager" if cpu_bf16 and short and technique_cfg.name != "qlora" else "sdpa"
     if name not in ATTENTION and "/" not in str(name):
         raise ConfigError(f"model.attn_implementation={name!r}: choose one of null (auto), "
                           f"{', '.join(ATTENTION)} or a hub kernel (org/name)")
     return str(name)
-
-
-def set_attention(model, name: str) -> None:
-    """Switches a loaded model (PEFT-wrapped or not) to attention implementation `name`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation != name:
-        base.set_attn_implementation(name)
-        log.info("attention: %s", name)
 
 
 @functools.cache

@@ -25,8 +25,8 @@ class ModelConfig:
     gguf_file: str | None = None  # file name inside that package
     dtype: str = "auto"  # auto: bf16 on CUDA or AVX-512-bf16 CPUs, else fp32
     max_length: int = 512
-    # null: auto (eager for bf16 on CPU up to 1,024 tokens, else sdpa); or
-    # eager, sdpa, flash_attention_2, flex_attention, a hub kernel: passed to from_pretrained
+    # null: auto (eager for bf16 on CPU up to 1,024 tokens, else sdpa); or eager, sdpa,
+    # flash_attention_2, flex_attention, a hub kernel: passed to from_pretrained
     attn_implementation: str | None = None
     chat_template: bool = True
     trust_remote_code: bool = False

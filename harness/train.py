@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
+import harness
 from harness.data import Splits, to_trl
 from harness.errors import ConfigError, TrainingError
 from harness.technique import check_adapter_grads
@@ -127,8 +128,6 @@ def keep_compiled_kernels(cache_dir: str | Path) -> Path:
     """Puts torch.compile's kernel cache under paths.cache_dir unless the user set
     TORCHINDUCTOR_CACHE_DIR: the next trial, run or SLURM job sharing that folder reuses the
     compiled kernels instead of rebuilding them in /tmp. Returns the folder in use."""
-    import harness
-
     folder = Path(harness.USER_INDUCTOR_CACHE or Path(cache_dir) / "torchinductor")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # torch reads it at every lookup
     return folder

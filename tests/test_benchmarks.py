@@ -38,7 +38,6 @@ def test_attention_flops_are_half_what_torch_counts_for_full_scores():
     from torch.utils.flop_counter import FlopCounterMode
 
     from harness.data import token_length
-    from harness.model import set_attention
 
     _, model, tok, splits, *_ = throughput._setup(
         "tiny_random", 1, 1, ["train.compile=false", "model.attn_implementation=sdpa"])
@@ -53,7 +52,7 @@ def test_attention_flops_are_half_what_torch_counts_for_full_scores():
         return sum(counter.get_flop_counts()["Global"].values())
 
     without_attention = flops()  # SDPA's CPU kernel is not in the counter's table
-    set_attention(model, "eager")
+    model.get_base_model().set_attn_implementation("eager")
     full_scores = flops() - without_attention
     assert full_scores > 0 and per_token * t == pytest.approx(full_scores / 2, rel=1e-9)
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from harness.data import load_splits, response_text
 from harness.errors import ConfigError, TrainingError
-from harness.model import disable_4bit_cpu_repack, load_model, resolve_attention, set_attention
+from harness.model import disable_4bit_cpu_repack, load_model, resolve_attention
 from harness.schema import register_configs
 from harness.technique import apply_technique, check_adapter_grads, count_params
 from harness.train import train
@@ -215,7 +215,7 @@ def test_eager_and_sdpa_attention_give_the_same_loss(tmp_path):
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     losses = {}
     for impl in ("eager", "sdpa"):
-        set_attention(model, impl)
+        model.get_base_model().set_attn_implementation(impl)
         loss = model(**batch, labels=labels).loss
         loss.backward()
         grad = next(p.grad for p in model.parameters() if p.requires_grad).clone()
