@@ -1,6 +1,6 @@
 """Sweep efficiency: the same 12-trial search with and without pruning, then a memoized re-run.
 
-    python -m benchmarks.sweep_efficiency [--n-trials 12] [--seeds 7 8 9]
+    python -m benchmarks.sweep_efficiency [--n-trials 12] [--seeds 7 8 9 10 11 12]
 
 Runs `harness-sweep pruning_benchmark` (sweeps/pruning_benchmark.yaml: learning rate,
 schedule and warmup of a small model on the demo task, percentile pruning on the validation
@@ -78,7 +78,7 @@ def compare(pruned: dict, full: dict) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-trials", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11, 12],
                         help="TPE sampler seeds: one pruned and one unpruned sweep each")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
