@@ -4,7 +4,9 @@ The sweeper hands each trial `trial.study_name`, `trial.storage` and `trial.numb
 (config node `trial`, not hashed). `harness.run.run` then asks `trial_callbacks(cfg)` for
 Trainer callbacks: at every evaluation (`train.eval_every`) the callback reports
 `trial.prune_metric` (default `eval/loss`) with the step, and raises `optuna.TrialPruned`
-(with `.step`) when the study's pruner says so; run.py records `status: pruned`.
+(with `.step`) when the study's pruner says so; run.py records `status: pruned`. Under the
+learning-curve pruner (harness/curve_pruner.py) the trial also evaluates before its first
+step, so the first report after it already has a rate of improvement to judge.
 
 Directions: Optuna's pruners compare intermediate values in the study's direction. When the
 prune metric goes the other way (minimize `eval/loss` in a study that maximizes accuracy),
@@ -21,6 +23,7 @@ import optuna
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
+from harness.curve_pruner import LearningCurvePruner
 from harness.sweep_study import SETTINGS_ATTR, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,10 @@ def hf_metric_key(metric: str) -> str:
 class PruningCallback(TrainerCallback):
     """Reports each evaluation to the Optuna trial; raises TrialPruned when it should stop."""
 
-    def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float):
+    def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float,
+                 eval_on_start: bool = False):
         self.trial = trial
+        self.eval_on_start = eval_on_start  # train() then evaluates (and reports) at step 0
         self.metric = metric
         self.key = hf_metric_key(metric)
         self.sign = sign
@@ -88,4 +93,5 @@ def trial_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
     sign = 1.0 if t.prune_direction == study_direction else -1.0
     log.info("pruning: %s (%s) reported to trial %d of %s with %s",
              t.prune_metric, t.prune_direction, t.number, t.study_name, pruner_spec["name"])
-    return [PruningCallback(optuna.trial.Trial(study, trial_id), t.prune_metric, sign)]
+    return [PruningCallback(optuna.trial.Trial(study, trial_id), t.prune_metric, sign,
+                            eval_on_start=isinstance(study.pruner, LearningCurvePruner))]

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness.curve_pruner import LearningCurvePruner
 from harness.errors import ConfigError
 from harness.record import pid_alive
 
@@ -35,6 +36,7 @@ PRUNERS = {
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
     "threshold": optuna.pruners.ThresholdPruner,
+    "learning_curve": LearningCurvePruner,
 }
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 METRIC_ROOTS = ("eval", "train", "cost", "perf", "mem", "params")

@@ -6,9 +6,11 @@ that matters is set here from the config, so none of them overrides ours silentl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,23 @@ class GuardCallback(TrainerCallback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             raise TrainingError(f"training loss became {loss} at step {state.global_step}")
+
+
+@contextlib.contextmanager
+def kept_random_state():
+    """Restores Python's, NumPy's and torch's (CPU and CUDA) random states on exit.
+
+    Transformers' own `eval_on_start` draws from them before the training data order is
+    drawn, so a trial evaluated at step 0 would train on other batches than the same
+    configuration without it, and would not reproduce from its config hash.
+    """
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
 
 
 class HistoryCallback(TrainerCallback):
@@ -259,8 +278,14 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     resume = cfg.train.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
     if resume:
         log.info("resuming from the last checkpoint in %s", run_dir / "checkpoints")
+    # The learning-curve pruner's first rate of improvement needs a report at step 0.
+    start_eval = (args.eval_strategy != "no" and not resume
+                  and any(getattr(cb, "eval_on_start", False) for cb in callbacks or []))
     start = time.perf_counter()
     try:
+        if start_eval:
+            with kept_random_state():  # the training then runs exactly as without it
+                trainer.evaluate()
         trainer.train(resume_from_checkpoint=True if resume else None)
     except BaseException as exc:  # pruned, failed or interrupted: what was spent still counts
         exc.partial = {"history": history.history,

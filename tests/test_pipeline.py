@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from transformers import TrainerCallback, set_seed
 
 from harness.data import load_splits, response_text
 from harness.errors import ConfigError, TrainingError
@@ -38,6 +39,7 @@ def make_cfg(tmp_path: Path, *overrides: str):
 def build(cfg):
     model, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
     splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
+    set_seed(cfg.seed, deterministic=cfg.train.deterministic)  # as harness/run.py: adapter init
     return apply_technique(model, cfg.technique), tok, splits
 
 
@@ -115,6 +117,35 @@ def test_nan_loss_fails_the_trial(tmp_path):
     partial = info.value.partial
     assert partial["steps"] >= 2 and partial["train_tokens"] > 0
     assert [h["step"] for h in partial["history"] if "train/loss" in h][:1] == [1]
+
+
+class StartEvalWanted(TrainerCallback):
+    """Asks for the step-0 evaluation the way the learning-curve pruner's callback does."""
+
+    eval_on_start = True
+
+    def __init__(self):
+        self.steps = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_a_callback_that_asks_gets_a_step_0_evaluation_and_training_is_unchanged(tmp_path):
+    cfg = make_cfg(tmp_path, "technique=lora")
+    runs = {}
+    for name, callbacks in (("plain", []), ("start", [StartEvalWanted()])):
+        model, tok, splits = build(cfg)
+        runs[name] = train(model, tok, splits, cfg, tmp_path / name, callbacks)
+    assert callbacks[0].steps == [0, 4, 8]
+    evals = {h["step"]: h["eval/loss"] for h in runs["start"].history if "eval/loss" in h}
+    assert list(evals) == [0, 4, 8] and evals[0] > evals[8]
+    plain = {h["step"]: h["eval/loss"] for h in runs["plain"].history if "eval/loss" in h}
+    assert list(plain) == [4, 8]
+    for name in runs:  # evaluating first changes nothing the training does
+        runs[name] = [h["train/loss"] for h in runs[name].history if "train/loss" in h]
+    assert runs["start"] == runs["plain"]
+    assert evals[8] == plain[8]
 
 
 def test_resume_continues_at_saved_step(tmp_path):
