@@ -1,10 +1,10 @@
 """Sweep efficiency: the same 12-trial search with and without pruning, then a memoized re-run.
 
-    python -m benchmarks.sweep_efficiency [--n-trials 12] [--seeds 7 8 9 10 11 12]
+    python -m benchmarks.sweep_efficiency [--n-trials 12] [--seeds 7 8 ... 18]
 
 Runs `harness-sweep pruning_benchmark` (sweeps/pruning_benchmark.yaml: learning rate,
-schedule and warmup of a small model on the demo task, percentile pruning on the validation
-loss) in fresh output folders of one invocation: with pruning and without
+schedule and warmup of a small model on the demo task, the learning-curve pruner on the
+validation loss) in fresh output folders of one invocation: with pruning and without
 (`hydra.sweeper.pruner.name=none`) for each TPE sampler seed, then the first seed's pruned
 sweep's command once more (every trial memoized from its record). Compute is the training
 tokens every trial spent, pruned ones included (their records keep what they ran before they
@@ -78,7 +78,8 @@ def compare(pruned: dict, full: dict) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-trials", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11, 12],
+    # 7-12: the seeds the pruner was designed on (replaying their recorded curves); 13-18 held out
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(7, 19)),
                         help="TPE sampler seeds: one pruned and one unpruned sweep each")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
@@ -130,10 +131,11 @@ def main() -> None:
             [f"pruning spends >= {SAVING_TARGET:.0%} less training compute",
              f"{saving:.0%} less (all seeds' tokens)",
              "MET" if saving >= SAVING_TARGET else "MISSED"],
-            [f"... at the same best objective (within {BEST_TOLERANCE_PCT:g}% of the best loss)",
-             f"{mean_gap:+.2f}% on average ({', '.join(f'{g:+.2f}%' for g in gaps)}; "
-             f"{within} of {len(gaps)} seeds within {BEST_TOLERANCE_PCT:g}%)",
-             "MET" if mean_gap <= BEST_TOLERANCE_PCT else "MISSED"],
+            [f"... at the same best objective (every seed within {BEST_TOLERANCE_PCT:g}% of its "
+             "unpruned best loss, or better)",
+             f"{within} of {len(gaps)} seeds within {BEST_TOLERANCE_PCT:g}% "
+             f"({', '.join(f'{g:+.2f}%' for g in gaps)}; {mean_gap:+.2f}% on average)",
+             "MET" if within == len(gaps) else "MISSED"],
             ["memoized re-run: trains nothing", f"{rerun_wall:.0f} s wall vs "
              f"{pruned['wall_s']:.0f} s ({rerun_wall / pruned['wall_s']:.0%}), "
              f"records {'untouched' if untouched else 'REWRITTEN'}",

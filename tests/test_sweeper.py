@@ -166,28 +166,31 @@ def test_every_sweep_file_composes(compose_cfg, tmp_path, path):
         study.tell(trial, state=TrialState.FAIL)
 
 
-def test_benchmark_pruner_judges_only_the_first_report():
-    """sweeps/pruning_benchmark.yaml (and docs/sweeps.md): `interval_steps` above max_steps
-    stops a trial that is worse than the median at step 4 and never judges a later report."""
+def test_benchmark_pruner_judges_the_first_quarter_of_a_trial():
+    """sweeps/pruning_benchmark.yaml: the learning-curve pruner stops a trial that barely moves
+    at its first report (step 4, rated from step 0), keeps a fast one that trails, and never
+    judges a report after the first quarter of the run."""
     sweep = yaml.safe_load((ROOT / "sweeps" / "pruning_benchmark.yaml").read_text())
     spec, last = sweep["hydra"]["sweeper"]["pruner"], sweep["train"]["max_steps"]
-    assert spec["interval_steps"] > last
+    every = sweep["train"]["eval_every"]
     study = optuna.create_study(pruner=make_pruner(dict(spec)))
-    for final in (3.0, 2.9):  # two completed trials (n_startup_trials: 2)
+    finished = study.ask()
+    for step, value in ((0, 7.6), (every, 4.2), (2 * every, 3.9), (last, 2.7)):
+        finished.report(value, step)
+    study.tell(finished, 2.7)
+
+    def run(curve):
         trial = study.ask()
-        for step, value in ((4, 4.0), (8, 3.5), (last, final)):
+        for step, value in curve:
             trial.report(value, step)
-        study.tell(trial, final)
+            if trial.should_prune():
+                return step
+        return None
 
-    bad_at_first = study.ask()
-    bad_at_first.report(6.0, 4)
-    assert bad_at_first.should_prune()
-
-    late_bloomer = study.ask()  # ahead of the median at step 4, behind it at 8: runs on
-    late_bloomer.report(3.9, 4)
-    assert not late_bloomer.should_prune()
-    late_bloomer.report(7.0, 8)
-    assert not late_bloomer.should_prune()
+    assert run([(0, 7.6), (every, 7.5)]) == every
+    assert run([(0, 7.6), (every, 6.0), (2 * every, 4.5)]) is None
+    after = int(spec["judge_fraction"] * last) + every
+    assert run([(0, 7.6), (every, 4.0), (2 * every, 3.5), (after, 3.5), (after + every, 3.5)]) is None
 
 
 # ---------------------------------------------------------------- pruning and storage
