@@ -40,6 +40,8 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
             share of the bar's magnitude (0.05: 5%), for noisy metrics.
     """
 
+    eval_on_start = True  # harness/pruning.py: the trial reports step 0 too, for the first rate
+
     def __init__(self, n_startup_trials: int = 1, n_warmup_steps: int = 0,
                  judge_fraction: float = 0.25, margin: float = 0.0):
         if n_startup_trials < 1:
@@ -61,7 +63,8 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
         if step is None:
             return False
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0  # lower is better
-        value = sign * trial.intermediate_values[step]
+        values = {s: sign * v for s, v in trial.intermediate_values.items()}
+        value = values[step]
         if math.isnan(value):
             return True  # diverged
         finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -71,14 +74,12 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
         horizon = max(t.last_step for t in finished)
         if step >= horizon or step > self.judge_fraction * horizon:
             return False
-        earlier = [s for s in trial.intermediate_values if s < step]
+        earlier = [s for s in values if s < step]
         if not earlier:
             return False  # one report: no rate yet
         prev = max(earlier)
-        prev_value = sign * trial.intermediate_values[prev]
-        rate = max(0.0, (prev_value - value) / (step - prev)) if not math.isnan(prev_value) else 0.0
-        reached = min(v for v in (sign * x for x in trial.intermediate_values.values())
-                      if not math.isnan(v))
+        rate = max(0.0, (values[prev] - value) / (step - prev))  # a NaN rate counts as 0
+        reached = min(v for v in values.values() if not math.isnan(v))
         projected = reached - rate * (horizon - step)
         finals = [v for v in (sign * t.intermediate_values[t.last_step] for t in finished)
                   if not math.isnan(v)]

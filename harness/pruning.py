@@ -23,7 +23,6 @@ import optuna
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
-from harness.curve_pruner import LearningCurvePruner
 from harness.sweep_study import SETTINGS_ATTR, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
@@ -94,4 +93,4 @@ def trial_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
     log.info("pruning: %s (%s) reported to trial %d of %s with %s",
              t.prune_metric, t.prune_direction, t.number, t.study_name, pruner_spec["name"])
     return [PruningCallback(optuna.trial.Trial(study, trial_id), t.prune_metric, sign,
-                            eval_on_start=isinstance(study.pruner, LearningCurvePruner))]
+                            eval_on_start=getattr(study.pruner, "eval_on_start", False))]

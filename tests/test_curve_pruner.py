@@ -8,15 +8,18 @@ falls fast but can still trail a too-high rate at the first reports.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from harness.curve_pruner import LearningCurvePruner
 from harness.errors import ConfigError
 from harness.sweep_study import make_pruner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).resolve().parent.parent
 START = 7.62
 HIGH_LR = {0: START, 4: 4.2, 8: 3.9, 12: 3.5, 16: 3.5, 20: 3.2, 24: 3.1, 28: 2.8, 32: 2.7}
 
@@ -90,6 +93,22 @@ def test_no_bar_no_rate_no_pruning_and_nan_prunes():
     assert pruned_at(study, {0: START, 4: math.nan}) == 4  # diverged
     margin = study_with(HIGH_LR, pruner=LearningCurvePruner(margin=2.0))  # bar 2.7 -> 8.1
     assert pruned_at(margin, {0: START, 4: 7.44, 8: 7.24, 32: 6.9}) is None
+
+
+def test_benchmark_pruner_judges_the_first_quarter_of_a_trial():
+    """sweeps/pruning_benchmark.yaml: its pruner stops a trial that barely moves at the first
+    report (rated from step 0), keeps a fast one that trails, and never judges a report after
+    the first quarter of the run."""
+    sweep = yaml.safe_load((ROOT / "sweeps" / "pruning_benchmark.yaml").read_text())
+    spec, last = sweep["hydra"]["sweeper"]["pruner"], sweep["train"]["max_steps"]
+    every = sweep["train"]["eval_every"]
+    study = study_with({0: START, every: 4.2, 2 * every: 3.9, last: 2.7},
+                       pruner=make_pruner(dict(spec)))
+    assert pruned_at(study, {0: START, every: 7.5, last: 7.0}) == every
+    assert pruned_at(study, {0: START, every: 6.0, 2 * every: 4.5, last: 2.5}) is None
+    after = int(spec["judge_fraction"] * last) + every
+    flat = {0: START, every: 4.0, 2 * every: 3.5, after: 3.5, after + every: 3.5, last: 3.5}
+    assert pruned_at(study, flat) is None
 
 
 @pytest.mark.parametrize("setting", [{"judge_fraction": 0.0}, {"judge_fraction": 1.5},

@@ -142,9 +142,9 @@ def test_a_callback_that_asks_gets_a_step_0_evaluation_and_training_is_unchanged
     assert list(evals) == [0, 4, 8] and evals[0] > evals[8]
     plain = {h["step"]: h["eval/loss"] for h in runs["plain"].history if "eval/loss" in h}
     assert list(plain) == [4, 8]
-    for name in runs:  # evaluating first changes nothing the training does
-        runs[name] = [h["train/loss"] for h in runs[name].history if "train/loss" in h]
-    assert runs["start"] == runs["plain"]
+    losses = {name: [h["train/loss"] for h in run.history if "train/loss" in h]
+              for name, run in runs.items()}
+    assert losses["start"] == losses["plain"]  # evaluating first changes nothing in training
     assert evals[8] == plain[8]
 
 

@@ -166,33 +166,6 @@ def test_every_sweep_file_composes(compose_cfg, tmp_path, path):
         study.tell(trial, state=TrialState.FAIL)
 
 
-def test_benchmark_pruner_judges_the_first_quarter_of_a_trial():
-    """sweeps/pruning_benchmark.yaml: the learning-curve pruner stops a trial that barely moves
-    at its first report (step 4, rated from step 0), keeps a fast one that trails, and never
-    judges a report after the first quarter of the run."""
-    sweep = yaml.safe_load((ROOT / "sweeps" / "pruning_benchmark.yaml").read_text())
-    spec, last = sweep["hydra"]["sweeper"]["pruner"], sweep["train"]["max_steps"]
-    every = sweep["train"]["eval_every"]
-    study = optuna.create_study(pruner=make_pruner(dict(spec)))
-    finished = study.ask()
-    for step, value in ((0, 7.6), (every, 4.2), (2 * every, 3.9), (last, 2.7)):
-        finished.report(value, step)
-    study.tell(finished, 2.7)
-
-    def run(curve):
-        trial = study.ask()
-        for step, value in curve:
-            trial.report(value, step)
-            if trial.should_prune():
-                return step
-        return None
-
-    assert run([(0, 7.6), (every, 7.5)]) == every
-    assert run([(0, 7.6), (every, 6.0), (2 * every, 4.5)]) is None
-    after = int(spec["judge_fraction"] * last) + every
-    assert run([(0, 7.6), (every, 4.0), (2 * every, 3.5), (after, 3.5), (after + every, 3.5)]) is None
-
-
 # ---------------------------------------------------------------- pruning and storage
 def _study(tmp_path, directions, pruner):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -221,6 +194,15 @@ def test_pruning_callback_reports_negated_loss_and_prunes(compose_cfg, tmp_path)
         callback.on_evaluate(None, state, None, metrics={"eval_loss": 3.0})
     assert caught.value.step == 10
     assert study.trials[trial.number].intermediate_values == {10: -3.0}
+    assert not callback.eval_on_start  # only the learning-curve pruner needs a step-0 report
+
+
+def test_learning_curve_pruner_asks_its_trials_for_a_step_0_report(compose_cfg, tmp_path):
+    from harness.pruning import trial_callbacks
+
+    study, storage = _study(tmp_path, ["minimize"], {"name": "learning_curve"})
+    [callback] = trial_callbacks(_trial_cfg(compose_cfg, tmp_path, storage, study.ask().number))
+    assert callback.eval_on_start
 
 
 def test_no_pruning_for_multi_objective_or_pruner_none(compose_cfg, tmp_path):
