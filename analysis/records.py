@@ -61,7 +61,7 @@ def _flatten(obj: dict, prefix: str) -> dict[str, Any]:
     return flat
 
 
-def _number(value: Any) -> float:
+def as_number(value: Any) -> float:
     """Metric value as float; anything that is not a number (null, text) is NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
@@ -86,13 +86,13 @@ def _problem(data: dict) -> tuple[str | None, str | None]:
 
 
 def _metrics(data: dict) -> dict[str, float]:
-    metrics = {k: _number(v) for k, v in (data.get("metrics") or {}).items()}
+    metrics = {k: as_number(v) for k, v in (data.get("metrics") or {}).items()}
     base = data.get("base_metrics") if isinstance(data.get("base_metrics"), dict) else {}
     for key, value in base.items():
-        metrics[f"base/{key}"] = _number(value)
+        metrics[f"base/{key}"] = as_number(value)
         # Older runs may have the base scores but no delta: derive it the way run.py does.
         if key in metrics and f"{key}_delta" not in metrics:
-            metrics[f"{key}_delta"] = metrics[key] - _number(value)
+            metrics[f"{key}_delta"] = metrics[key] - as_number(value)
     total = metrics.get("params/total")
     if "params/trainable_share" not in metrics and total:
         metrics["params/trainable_share"] = metrics.get("params/trainable", math.nan) / total
@@ -180,6 +180,28 @@ def load_runs(root: str | Path, sweep: str | None = None, technique: str | None 
 
 def _all_keys(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def load_history(runs: pd.DataFrame) -> pd.DataFrame:
+    """The loss history of every complete run (the record's `history`), long format:
+    technique, config_hash, step, metric (`train/loss`, `eval/loss`), value."""
+    rows = []
+    done = runs[runs["status"] == "complete"] if len(runs) else runs
+    for _, run in done.iterrows():
+        try:
+            history = json.loads(Path(run["record_path"]).read_text()).get("history") or []
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for entry in history:
+            if not isinstance(entry, dict) or "step" not in entry:
+                continue
+            for metric in ("train/loss", "eval/loss"):
+                value = as_number(entry.get(metric))
+                if not math.isnan(value):
+                    rows.append({"technique": run["technique"],
+                                 "config_hash": run["config_hash"], "step": entry["step"],
+                                 "metric": metric, "value": value})
+    return pd.DataFrame(rows, columns=["technique", "config_hash", "step", "metric", "value"])
 
 
 def load_studies(root: str | Path, sweep: str | None = None) -> pd.DataFrame:

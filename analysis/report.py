@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots, render, tables
-from analysis.records import ACC, USD, load_runs, load_studies
+from analysis import plots, render, stats, tables
+from analysis.records import ACC, USD, load_history, load_runs, load_studies
 
 TITLE = "Fine-tuning report"
 PROBLEMS = ("incomplete", "invalid")
@@ -47,9 +48,10 @@ def summary_columns(summary: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return columns
 
 
-PARETO_COLUMNS = {"technique": ("technique", "text"), ACC: ("task acc", "score"),
-                  USD: ("USD", "dollars"), "config_hash": ("config hash", "hash"),
-                  "folder": ("folder", "text")}
+def pareto_columns(metric: str) -> dict[str, tuple[str, str]]:
+    return {"technique": ("technique", "text"), metric: (tables.metric_label(metric), "score"),
+            USD: ("USD", "dollars"), "config_hash": ("config hash", "hash"),
+            "folder": ("folder", "text")}
 RUN_COLUMNS = {"config_hash": ("config hash", "hash"), "technique": ("technique", "text"),
                "status": ("status", "text"), ACC: ("task acc", "score"),
                USD: ("USD", "dollars"), "sweep": ("sweep", "text"),
@@ -67,23 +69,53 @@ def ordered_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return keyed.sort_values(["_rank", "_acc"], ascending=[True, False], kind="stable")
 
 
-def headline(runs: pd.DataFrame, summary: pd.DataFrame, source: Path) -> list[str]:
+def headline(runs: pd.DataFrame, answer: dict, source: Path) -> list[str]:
     counts = runs["status"].value_counts()
     parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
-    lines = [f"{len(runs)} runs under {source} ({parts}); written "
-             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
-    scored = summary[pd.notna(summary["best_acc"])] if len(summary) else summary
-    if len(scored):
-        best = scored["best_acc"].max()
-        tied = scored[scored["best_acc"] == best]
-        if len(tied) > 1:  # crowning the first of equals would mislead (e.g. all at 0)
-            lines.append(f"No single most accurate technique: {', '.join(tied['technique'])} "
-                         f"tie at task accuracy {best:.3f}.")
-        else:
-            top = tied.iloc[0]
-            lines.append(f"Most accurate technique: {top['technique']} (task accuracy "
-                         f"{best:.3f}, run {str(top['best_run'])[:12]}).")
-    return lines
+    return [f"{len(runs)} runs under {source} ({parts}); written "
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", *answer["sentences"]]
+
+
+def best_table(best: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The best run of each technique with every score's 95% interval, as text."""
+    def with_ci(value: float, low: float, high: float) -> str:
+        if pd.isna(value):
+            return render.MISSING
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]" if pd.notna(low) else f"{value:.3f}"
+
+    rows = []
+    for _, b in best.iterrows():
+        run = b["run"]
+        row = {"technique": b["technique"],
+               tables.metric_label(metric): with_ci(b["value"], b["low"], b["high"])}
+        for column, header in ((ACC, "exact match"), ("eval/mmlu/acc", "MMLU"),
+                               ("eval/perplexity/ppl", "perplexity")):
+            if column == metric or column not in run or pd.isna(run[column]):
+                continue
+            low, high = stats.normal_interval(run[column], run.get(f"{column}_stderr", float("nan")))
+            row[header] = with_ci(run[column], low, high)
+            delta = run.get(f"{column}_delta")
+            row[f"{header} Δ base"] = render.MISSING if pd.isna(delta) else f"{delta:+.3f}"
+        row["USD"] = render.MISSING if pd.isna(b["usd"]) else f"${b['usd']:.3g}"
+        row["run"] = str(b["config_hash"])[:12]
+        rows.append(row)
+    return pd.DataFrame(rows).fillna(render.MISSING)
+
+
+def base_line(runs: pd.DataFrame, metric: str) -> str | None:
+    """The untuned base model's scores, as every trial's record carries them."""
+    done = runs[runs["status"] == "complete"]
+    names = {metric: tables.metric_label(metric), ACC: "exact match", "eval/mmlu/acc": "MMLU",
+             "eval/perplexity/ppl": "perplexity"}
+    parts = []
+    for column, name in names.items():
+        base = f"base/{column}"
+        if base in done and done[base].notna().any():
+            part = f"{name} {done[base].dropna().iloc[0]:.3f}"
+            if part not in parts:
+                parts.append(part)
+    return ("Untuned base model: " + ", ".join(parts) + "; every Δ base below is against it."
+            if parts else None)
 
 
 def relative_folders(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -97,26 +129,40 @@ def relative_folders(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
 def build_blocks(runs: pd.DataFrame, source: Path, figures: dict[str, Path],
                  parts: dict[str, pd.DataFrame]) -> list[render.Block]:
     """The report's content, in reading order."""
-    summary, signif = parts["summary"], parts["significance"]
+    summary, pairs, metric = parts["summary"], parts["pairs"], parts["metric"]
     front = relative_folders(parts["front"], source)
     runs = relative_folders(runs, source)
     blocks: list[render.Block] = [("h1", TITLE)]
     if runs.empty:
         return blocks + [("p", f"No runs found under {source}.")]
-    blocks += [("p", line) for line in headline(runs, summary, source)]
+    blocks += [("p", line) for line in headline(runs, parts["answer"], source)]
+    base = base_line(runs, metric)
+    blocks += [("p", base)] if base else []
     blocks += [
+        ("h2", "Best run of each technique"),
+        ("p", f"Ranked by {tables.metric_label(metric)} on the held-out task, each score with "
+              "its 95% interval (Wilson for exact match, Student's t for means, ±1.96 "
+              "stderr for benchmarks); ties go to the cheaper run."),
+        ("table", best_table(parts["best"], metric)),
         ("h2", "Techniques"),
         ("p", "One row per technique. Scores and costs are medians over complete runs; "
               "Δ base is the change against the untuned base model."),
         ("table", render.display(summary, summary_columns(summary))),
         ("h2", "Accuracy for the money: the Pareto front"),
         ("p", "Complete runs that no other run beats on both task accuracy and dollars."),
-        ("table", render.display(front, PARETO_COLUMNS)),
-        ("img", ("Task accuracy against dollars; the Pareto front circled", figures["pareto"])),
-        ("h2", "Is the winner really better?"),
-        ("p", "The most accurate run against the best run of each other technique, paired "
-              "example by example on the held-out task (exact McNemar test, α = 0.05)."),
-        ("ul", list(signif["sentence"])),
+        ("table", render.display(front, pareto_columns(metric))),
+        ("img", ("Score against dollars, 95% error bars; the Pareto front circled",
+                 figures["pareto"])),
+        ("img", ("Per-field accuracy of each technique's best run, beside the base model",
+                 figures["fields"])),
+        ("h2", "Which differences are real?"),
+        ("p", "Every pair of techniques' best runs, paired example by example on the held-out "
+              "task (exact McNemar test for 0/1 scores, paired permutation test otherwise); "
+              "p-values Holm-corrected over all pairs, α = 0.05."),
+        ("ul", list(pairs["sentence"])),
+        ("h2", "Learning curves"),
+        ("img", ("Training and validation loss of every trial, per technique",
+                 figures["curves"])),
         ("h2", "Hyperparameters and search progress"),
         ("img", ("Task accuracy against LoRA rank (adapter runs)", figures["rank"])),
         ("img", ("Task accuracy against learning rate", figures["lr"])),
@@ -143,22 +189,55 @@ def parquet_safe(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def summary_json(best: pd.DataFrame, pairs: pd.DataFrame, answer: dict, metric: str) -> dict:
+    """The answer for scripts and CI: per technique its best run, every pairwise test."""
+    def num(value):
+        return None if value is None or pd.isna(value) else float(value)
+
+    return {
+        "objective": metric, "alpha": stats.ALPHA, "confidence": stats.CONFIDENCE,
+        "winner": answer["winner"], "top_group": answer["top_group"],
+        "best_for_money": answer["best_for_money"], "examples_needed": answer["needed"],
+        "techniques": [{"technique": b["technique"], "best_run": b["config_hash"],
+                        "value": num(b["value"]), "ci_low": num(b["low"]),
+                        "ci_high": num(b["high"]), "stderr": num(b["stderr"]),
+                        "n": int(b["n"]), "cost_usd": num(b["usd"])}
+                       for _, b in best.iterrows()],
+        "pairwise": [{"a": r["a"], "b": r["b"], "run_a": r["run_a"], "run_b": r["run_b"],
+                      "n": int(r["n"]), "diff": num(r["diff_pts"] / 100),
+                      "ci_low": num(r["low_pts"] / 100), "ci_high": num(r["high_pts"] / 100),
+                      "p": num(r["p"]), "p_holm": num(r["p_holm"]),
+                      "significant": bool(r["significant"]), "method": r["method"],
+                      "examples_needed": None if pd.isna(r["needed"]) else int(r["needed"])}
+                     for _, r in pairs.iterrows()],
+    }
+
+
 def write_report(source: str | Path, out: str | Path | None = None, sweep: str | None = None,
-                 technique: str | None = None, since: str | None = None) -> dict[str, Path]:
+                 technique: str | None = None, since: str | None = None,
+                 metric: str | None = None) -> dict[str, Path]:
     """Loads every record under `source` and writes the report; returns {file kind: path}."""
     source = Path(source)
     out_dir = Path(out) if out else source / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(source, sweep=sweep, technique=technique, since=since)
-    parts = {"summary": tables.technique_summary(runs), "front": tables.pareto_front(runs),
-             "significance": tables.significance(runs)}
-    progress = tables.best_so_far(runs, load_studies(source, sweep=sweep))
-    figures = plots.write_plots(runs, parts["front"], progress, out_dir)
+    metric = tables.objective_metric(runs, metric)
+    best = tables.technique_best(runs, metric)
+    pairs = tables.pairwise(best, metric)
+    answer = tables.verdict(best, pairs, metric)
+    parts = {"summary": tables.technique_summary(runs), "metric": metric, "best": best,
+             "front": tables.pareto_front(runs, y=metric), "pairs": pairs, "answer": answer}
+    progress = tables.best_so_far(runs, load_studies(source, sweep=sweep), metric)
+    figures = plots.write_plots(runs, parts["front"], progress, out_dir, metric, best,
+                                load_history(runs))
     blocks = build_blocks(runs, source, figures, parts)
     written = {"md": out_dir / "report.md", "html": out_dir / "report.html",
-               "csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet", **figures}
+               "csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet",
+               "summary": out_dir / "summary.json", **figures}
     written["md"].write_text(render.to_markdown(blocks))
     written["html"].write_text(render.to_html(blocks, TITLE))
+    written["summary"].write_text(json.dumps(summary_json(best, pairs, answer, metric),
+                                             indent=1) + "\n")
     runs.to_csv(written["csv"], index=False)
     parquet_safe(runs).to_parquet(written["parquet"], index=False)
     return written
@@ -171,6 +250,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="report folder (default: SOURCE/reports)")
     parser.add_argument("--sweep", help="only runs of this study (record sweep.study_name)")
     parser.add_argument("--technique", help="only this technique: name (lora) or label (lora r16)")
+    parser.add_argument("--metric", help="score to rank by (default: eval/task/field_acc "
+                        "where runs have it, else eval/task/acc)")
     parser.add_argument("--since", help="only runs created on or after this date (YYYY-MM-DD)")
     return parser.parse_args(argv)
 
@@ -187,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"harness-report: --since {args.since!r} is not a date (YYYY-MM-DD)",
                   file=sys.stderr)
             return 2
-    written = write_report(args.source, args.out, args.sweep, args.technique, args.since)
+    written = write_report(args.source, args.out, args.sweep, args.technique, args.since,
+                           args.metric)
     for path in written.values():
         print(path)
     return 0

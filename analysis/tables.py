@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
-
-from analysis.records import ACC, USD
+from analysis import stats
+from analysis.records import ACC, USD, as_number
 
 # Benchmark scores shown next to the task accuracy, with their delta against the base model.
 # A closed list: eval/task/<field>_acc and the *_stderr columns are details, not benchmarks.
 BENCHMARK = re.compile(r"^eval/(?!task/)[^/]+/(acc|acc_norm|exact_match|ppl)$")
 COSTS = ["cost/usd", "cost/device_hours", "perf/tokens_per_s", "mem/peak_gb",
          "params/trainable_share"]
-ALPHA = 0.05
 
 
 def complete(runs: pd.DataFrame) -> pd.DataFrame:
@@ -99,9 +97,35 @@ def pareto_front(runs: pd.DataFrame, x: str = USD, y: str = ACC) -> pd.DataFrame
     return front[["technique", y, x, "config_hash", "folder"]].reset_index(drop=True)
 
 
-def load_eval(folder: str | Path, task: str = "task") -> dict[str, int] | None:
-    """Per-example results `<run>/eval/<task>.jsonl` as {id: correct}; None when absent.
-    Malformed lines are skipped: they cannot be paired anyway."""
+FIELD_ACC = "eval/task/field_acc"  # partial credit: the share of an answer's fields right
+METRIC_LABELS = {ACC: "exact match", FIELD_ACC: "mean field accuracy"}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def objective_metric(runs: pd.DataFrame, metric: str | None = None) -> str:
+    """The score the report ranks by: `metric` when given, else mean field accuracy where
+    the runs have it (finer-grained: it tells apart answers exact match calls equally wrong),
+    else exact match."""
+    if metric:
+        return metric
+    done = complete(runs)
+    return FIELD_ACC if _column(done, FIELD_ACC).notna().any() else ACC
+
+
+def example_key(metric: str) -> tuple[str, str]:
+    """(eval option, per-example key) of `eval/<option>/<name>`: `correct` holds the
+    primary score (`acc`), other scores keep their name."""
+    _, option, name = metric.split("/", 2)
+    return option, "correct" if name == "acc" else name
+
+
+def load_eval(folder: str | Path, task: str = "task", key: str = "correct"
+              ) -> dict[str, float] | None:
+    """Per-example scores `<run>/eval/<task>.jsonl` as {id: score}; None when absent.
+    Malformed lines and rows without `key` are skipped: they cannot be paired anyway."""
     path = Path(folder) / "eval" / f"{task}.jsonl"
     if not path.is_file():
         return None
@@ -109,26 +133,48 @@ def load_eval(folder: str | Path, task: str = "task") -> dict[str, int] | None:
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
-            results[str(row["id"])] = int(bool(row["correct"]))
+            value = row[key]
+            results[str(row["id"])] = float(value) if key != "correct" else float(bool(value))
         except (ValueError, KeyError, TypeError):
             continue
-    return results
+    return results or None
 
 
-def mcnemar(a: dict[str, int], b: dict[str, int]) -> tuple[int, float, float]:
-    """(paired examples, accuracy difference a - b in points, exact McNemar p-value).
+def _interval(folder: object, run: pd.Series, metric: str) -> stats.Interval:
+    """From the run's per-example scores, else its recorded stderr, else the value alone."""
+    option, key = example_key(metric)
+    scores = load_eval(folder, option, key) if isinstance(folder, str) else None
+    if scores:
+        return stats.interval(list(scores.values()))
+    value = as_number(run.get(metric))
+    stderr = as_number(run.get(f"{metric}_stderr"))
+    low, high = stats.normal_interval(value, stderr) if math.isfinite(stderr) else (math.nan,
+                                                                                    math.nan)
+    return stats.Interval(value, low, high, stderr, 0)
 
-    The exact test is a two-sided binomial test on the discordant pairs (a right and b
-    wrong vs the reverse), which suits the small eval sets a sweep scores each trial on.
+
+def technique_best(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The best complete run of each technique on `metric`, best first, with its interval.
+
+    Ties on the score go to the cheaper run (the one a user would pick), then to the config
+    hash, so the choice never depends on file order. Columns: technique, config_hash,
+    folder, value, low, high, stderr, n (per-example scores; 0: from the record), usd, and
+    the run's row under `run`.
     """
-    ids = sorted(a.keys() & b.keys())
-    a_only = sum(1 for i in ids if a[i] and not b[i])
-    b_only = sum(1 for i in ids if b[i] and not a[i])
-    if not ids:
-        return 0, math.nan, math.nan
-    diff = 100.0 * (a_only - b_only) / len(ids)
-    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
-    return len(ids), diff, float(p)
+    done = complete(runs).assign(_score=lambda f: _column(f, metric),
+                                 _usd=lambda f: _column(f, USD))
+    done = done[done["_score"].notna()]
+    done = done.sort_values(["_score", "_usd", "config_hash"], ascending=[False, True, True],
+                            na_position="last", kind="stable")
+    rows = []
+    for _, run in done.drop_duplicates("technique").iterrows():
+        ci = _interval(run["folder"], run, metric)
+        rows.append({"technique": run["technique"], "config_hash": run["config_hash"],
+                     "folder": run["folder"], "value": run["_score"], "low": ci.low,
+                     "high": ci.high, "stderr": ci.stderr, "n": ci.n, "usd": run["_usd"],
+                     "run": run.drop(["_score", "_usd"])})
+    return pd.DataFrame(rows, columns=["technique", "config_hash", "folder", "value", "low",
+                                       "high", "stderr", "n", "usd", "run"])
 
 
 def _p_text(p: float) -> str:
@@ -137,46 +183,116 @@ def _p_text(p: float) -> str:
     return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"  # 0.002 must not read "0.00"
 
 
-def significance_sentence(name_a: str, name_b: str, n: int, diff: float, p: float) -> str:
-    """'dora r16 vs lora r16: +1.2 pts on the task, not significant (p = 0.31, ...)'."""
-    if n == 0:
-        return f"{name_a} vs {name_b}: no per-example results to pair, not tested."
-    verdict = "significant" if p < ALPHA else "not significant"
-    return (f"{name_a} vs {name_b}: {diff:+.1f} pts on the task, {verdict} ({_p_text(p)}, "
-            f"exact McNemar test, {n} paired examples).")
+def pair_sentence(row: dict, metric: str) -> str:
+    """'lora r16 vs full: +8.2 pts of exact match (95% CI +3.1 to +13.3), significant ...'."""
+    a, b = row["a"], row["b"]
+    if not row["n"]:
+        return f"{a} vs {b}: no per-example results to pair, not tested."
+    verdict = "significant" if row["significant"] else "not significant"
+    text = (f"{a} vs {b}: {row['diff_pts']:+.1f} pts of {metric_label(metric)} (95% CI "
+            f"{row['low_pts']:+.1f} to {row['high_pts']:+.1f}), {verdict} ({_p_text(row['p'])}"
+            f", Holm-adjusted {_p_text(row['p_holm']).replace('p ', '', 1)}; {row['method']} "
+            f"test, {row['n']} paired examples)")
+    if not row["significant"]:
+        needed = row["needed"]
+        text += (f"; about {needed:,} paired examples would detect a difference this size "
+                 "at 80% power" if needed else "; no difference at all on these examples")
+    return text + "."
 
 
-def top_runs(runs: pd.DataFrame, top: int = 5) -> pd.DataFrame:
-    """The most accurate complete run of each technique, best first, at most `top`."""
-    done = complete(runs).assign(**{ACC: lambda f: _column(f, ACC)})
-    done = done[done[ACC].notna()].sort_values(ACC, ascending=False, kind="stable")
-    return done.drop_duplicates("technique").head(top)
+PAIR_COLUMNS = ["a", "b", "run_a", "run_b", "n", "diff_pts", "low_pts", "high_pts", "p",
+                "p_holm", "significant", "method", "needed", "sentence"]
 
 
-def significance(runs: pd.DataFrame, top: int = 5, task: str = "task") -> pd.DataFrame:
-    """The best run against each other technique's best run, paired on per-example results.
+def pairwise(best: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every pair of techniques' best runs, paired example by example on `metric`.
 
-    Columns: a, b, n, diff_pts, p, significant, sentence.
+    a is the better-ranked run of each pair; p_holm corrects for all the pairs at once and
+    decides `significant` (α = stats.ALPHA). `needed`: paired examples that would detect the
+    observed difference at 80% power with the same correction (stats.examples_needed).
     """
-    best = top_runs(runs, top)
+    option, key = example_key(metric)
+    scores = [load_eval(f, option, key) if isinstance(f, str) else None for f in best["folder"]]
     rows = []
-    if len(best) >= 2:
-        leader = best.iloc[0]
-        a = load_eval(leader["folder"], task)
-        for _, other in best.iloc[1:].iterrows():
-            b = load_eval(other["folder"], task)
-            n, diff, p = mcnemar(a, b) if a is not None and b is not None else (0, math.nan,
-                                                                                 math.nan)
-            rows.append({"a": leader["technique"], "b": other["technique"], "n": n,
-                         "diff_pts": diff, "p": p, "significant": bool(n and p < ALPHA),
-                         "sentence": significance_sentence(leader["technique"],
-                                                           other["technique"], n, diff, p)})
-    return pd.DataFrame(rows, columns=["a", "b", "n", "diff_pts", "p", "significant",
-                                       "sentence"])
+    for i in range(len(best)):
+        for j in range(i + 1, len(best)):
+            a, b = best.iloc[i], best.iloc[j]
+            test = (stats.paired_test(scores[i], scores[j]) if scores[i] and scores[j]
+                    else stats.paired_test({}, {}))
+            rows.append({"a": a["technique"], "b": b["technique"], "run_a": a["config_hash"],
+                         "run_b": b["config_hash"], "n": test.n, "diff_pts": 100 * test.diff,
+                         "low_pts": 100 * test.low, "high_pts": 100 * test.high, "p": test.p,
+                         "method": test.method, "_sd": test.sd, "_diff": test.diff})
+    adjusted = stats.holm([r["p"] for r in rows])
+    for row, p_holm in zip(rows, adjusted):
+        row["p_holm"] = p_holm
+        row["significant"] = bool(row["n"] and p_holm < stats.ALPHA)
+        needed = stats.examples_needed(row.pop("_diff"), row.pop("_sd"), tests=len(rows))
+        row["needed"] = needed
+        row["sentence"] = pair_sentence(row, metric)
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS).astype({"needed": object})
 
 
-def best_so_far(runs: pd.DataFrame, studies: pd.DataFrame) -> pd.DataFrame:
-    """Best task accuracy after each finished trial, per study.
+def verdict(best: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> dict:
+    """The answer: a winner only when it beats every other technique significantly; else the
+    top group (the leader and every technique it does not beat significantly), the cheapest
+    of that group, and the paired examples it would take to tell the leader from the next.
+
+    Returns {winner, top_group, best_for_money, needed, sentences}.
+    """
+    label = metric_label(metric)
+    out = {"winner": None, "top_group": [], "best_for_money": None, "needed": None,
+           "sentences": []}
+    if best.empty:
+        out["sentences"].append(f"No complete run has a {label} score: nothing to rank.")
+        return out
+    leader = best.iloc[0]
+    beaten = set(pairs.loc[(pairs["a"] == leader["technique"]) & pairs["significant"], "b"])
+    group = [t for t in best["technique"] if t == leader["technique"] or t not in beaten]
+    out["top_group"] = group
+    tops = best[best["technique"].isin(group)]
+    cheapest = tops.sort_values("usd", kind="stable").iloc[0]
+    out["best_for_money"] = cheapest["technique"]
+
+    def score(row) -> str:
+        return f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+    if len(best) == 1:
+        out["sentences"].append(f"Only {leader['technique']} was scored ({label} "
+                                f"{score(leader)}): nothing to compare it with.")
+        return out
+    if group == [leader["technique"]]:
+        out["winner"] = leader["technique"]
+        out["sentences"].append(
+            f"Winner: {leader['technique']}, {label} {score(leader)} (95% CI), at "
+            f"${leader['usd']:.3g} a run; it beats every other technique, each difference "
+            f"significant at α = {stats.ALPHA} after Holm's correction.")
+    else:
+        first = pairs[(pairs["a"] == leader["technique"]) & (pairs["b"] == group[1])].iloc[0]
+        out["needed"] = None if pd.isna(first["needed"]) else int(first["needed"])
+        more = (f"telling a difference of {first['diff_pts']:.1f} pts apart would take about "
+                f"{out['needed']:,} paired examples (this comparison had {first['n']})"
+                if out["needed"] else "they scored identically on every example")
+        out["sentences"].append(
+            f"No single winner: {', '.join(group)} are statistically indistinguishable on "
+            f"{label} (the best, {leader['technique']}, {score(leader)}, leads "
+            f"{group[1]} by {first['diff_pts']:.1f} pts, {_p_text(first['p'])}); {more}.")
+        out["sentences"].append(
+            f"Best for the money: {cheapest['technique']}, the cheapest of those "
+            f"(${cheapest['usd']:.3g} a run against ${tops['usd'].max():.3g} for the "
+            f"dearest), {label} {score(cheapest)}.")
+    separated = pairs[pairs["significant"]]
+    if len(separated):
+        out["sentences"].append("Separated at α = 0.05 (Holm): " + "; ".join(
+            f"{r.a} beats {r.b} by {r.diff_pts:.1f} pts ({_p_text(r.p_holm)})"
+            for r in separated.itertuples()) + ".")
+    else:
+        out["sentences"].append("No pair of techniques differs significantly at α = 0.05.")
+    return out
+
+
+def best_so_far(runs: pd.DataFrame, studies: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
+    """Best `metric` after each finished trial, per study.
 
     From the sweeper's `study.csv` when there is one (trial order = trial number, accuracy
     from the trial's record, else its first objective value); otherwise complete records
@@ -185,14 +301,14 @@ def best_so_far(runs: pd.DataFrame, studies: pd.DataFrame) -> pd.DataFrame:
     """
     if len(studies):
         done = studies[studies["state"].str.upper().str.endswith("COMPLETE")]
-        acc_by_hash = complete(runs).set_index("config_hash")[ACC] if ACC in runs else {}
+        acc_by_hash = complete(runs).set_index("config_hash")[metric] if metric in runs else {}
         acc = done["config_hash"].map(lambda h: acc_by_hash.get(h, math.nan))
         frame = pd.DataFrame({"study": done["study"], "trial": done["number"],
                               "acc": acc.fillna(pd.to_numeric(done["value"], errors="coerce"))})
     else:
         done = complete(runs).sort_values("created_at", kind="stable")
         frame = pd.DataFrame({"study": done["sweep"].fillna("ad-hoc"),
-                              "acc": _column(done, ACC)})
+                              "acc": _column(done, metric)})
         frame["trial"] = frame.groupby("study").cumcount()
     frame = frame[frame["acc"].notna()].sort_values(["study", "trial"], kind="stable")
     frame["best"] = frame.groupby("study")["acc"].cummax()

@@ -104,7 +104,7 @@ def write_task_yamls(folder: Path, docs: Path, scorer: str) -> None:
     """harness_task and harness_perplexity over the docs file."""
     from harness import demo_data
 
-    names = ["acc"] + (["valid_json"] + [f"{f}_acc" for f in demo_data.FIELDS]
+    names = ["acc"] + (["field_acc", "valid_json"] + [f"{f}_acc" for f in demo_data.FIELDS]
                        if scorer == "demo" else [])
     metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names]
     _write_yaml(folder, "harness_task",

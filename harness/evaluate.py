@@ -185,7 +185,8 @@ def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_
               for s in suites}
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
-    results = _run(lm, suites, loaded, tm, eval_cfg, seed)
+    with _sdpa_attention(model):
+        results = _run(lm, suites, loaded, tm, eval_cfg, seed)
     metrics = {}
     for suite in suites:
         values, examples = eval_tasks.read_results(suite, loaded[suite.key][0], results[suite.key])
@@ -212,6 +213,27 @@ def _run(lm, suites: list[Suite], loaded: dict, tm, eval_cfg: DictConfig, seed: 
         )
         results.update({s.key: res for s in batch})
     return results
+
+
+@contextmanager
+def _sdpa_attention(model):
+    """Evaluates with sdpa attention where training chose eager: eager wins for bf16 training
+    steps on CPU (model.resolve_attention) but loses for batched generation with a KV cache
+    (BENCHMARKS.md "Evaluation speed"). Models without sdpa keep what they have."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switched = False
+    if before == "eager":
+        try:
+            model.set_attn_implementation("sdpa")
+            switched = True
+        except (ValueError, ImportError, AttributeError) as exc:
+            log.info("evaluation keeps eager attention: %s", exc)
+    try:
+        yield
+    finally:
+        if switched:
+            model.set_attn_implementation(before)
 
 
 class _DropChatter(logging.Filter):

@@ -23,6 +23,7 @@ from analysis import report, tables
 from analysis.records import load_runs, load_studies
 
 N_EXAMPLES = 100
+FIELDS = ("category", "priority", "product", "order_id", "amount", "date")
 # name: (technique, rank, lr, status, task acc, usd, ids the run gets right)
 RUNS = {
     "full": ("full", None, 2e-5, "complete", 0.70, 0.100, range(0, 70)),
@@ -50,7 +51,11 @@ def record(name: str, technique: str, rank: int | None, lr: float, status: str,
                    "eval/mmlu/acc": 0.25, "eval/mmlu/acc_delta": -0.01,
                    "eval/perplexity/ppl": 5.0, "cost/usd": usd, "cost/device_hours": usd / 4,
                    "perf/tokens_per_s": 1000.0, "mem/peak_gb": 2.0,
-                   "params/trainable": 1e5, "params/total": 1e7}
+                   "params/trainable": 1e5, "params/total": 1e7,
+                   "eval/task/acc_stderr": (acc * (1 - acc) / N_EXAMPLES) ** 0.5}
+        for i, field in enumerate(FIELDS):  # what the demo scorer records, one score a field
+            metrics[f"eval/task/{field}_acc"] = min(1.0, acc + 0.05 * i)
+            metrics[f"eval/task/{field}_acc_stderr"] = 0.04
     overrides = [f"technique={technique}", f"optimizer.lr={lr}"]
     return {
         "format_version": 1, "config_hash": fake_hash(name), "status": status,
@@ -62,8 +67,12 @@ def record(name: str, technique: str, rank: int | None, lr: float, status: str,
         "config": {"model": {"name": "tiny_random"}, "technique": tech,
                    "optimizer": {"name": "adamw", "lr": lr, "betas": [0.9, 0.999]},
                    "offline": "auto" if rank else True, "seed": 42},
-        "metrics": metrics, "history": [], "data": {},
-        "base_metrics": {"eval/task/acc": 0.05, "eval/mmlu/acc": 0.26} if acc else {},
+        "metrics": metrics, "data": {},
+        "history": [{"step": step, "train/loss": 2.0 / step + (1 - acc)} for step in
+                    range(1, 31)] + [{"step": step, "eval/loss": 2.2 / step + (1 - acc)}
+                                     for step in (10, 20, 30)] if acc else [],
+        "base_metrics": {"eval/task/acc": 0.05, "eval/mmlu/acc": 0.26,
+                         **{f"eval/task/{field}_acc": 0.1 for field in FIELDS}} if acc else {},
         "sweep": {"study_name": "s1", "trial_number": 0} if technique == "lora" else None,
         "env": {"host": socket.gethostname(), "pid": 1},
     }
@@ -171,21 +180,35 @@ def test_technique_summary(outputs: Path):
     assert {"eval/mmlu/acc", "eval/perplexity/ppl"} <= set(summary.columns)
 
 
-@pytest.mark.parametrize(("accs", "expected"), [
-    ({"full": 0.0, "lora": 0.0, "dora": 0.0},
-     "No single most accurate technique: dora r16, full, lora r16 tie at task accuracy 0.000."),
-    ({"full": 0.5, "lora": 0.25, "dora": 0.5},
-     "No single most accurate technique: dora r16, full tie at task accuracy 0.500."),
-    ({"full": 0.25, "lora": 0.75, "dora": 0.5}, "Most accurate technique: lora r16 (task "
-     f"accuracy 0.750, run {fake_hash('lora')[:12]})."),
+@pytest.mark.parametrize(("accs", "winner", "first"), [
+    ({"full": 0.0, "lora": 0.0, "dora": 0.0}, None,
+     "No single winner: dora r16, full, lora r16 are statistically indistinguishable on exact "
+     "match"),
+    ({"full": 0.5, "lora": 0.25, "dora": 0.5}, None,
+     "No single winner: dora r16, full are statistically indistinguishable"),
+    ({"full": 0.05, "lora": 0.75, "dora": 0.45}, "lora r16", "Winner: lora r16, exact match "
+     "0.750 [0.657, 0.825] (95% CI), at $0.01 a run"),
 ])
-def test_headline_names_a_winner_only_without_a_tie(tmp_path: Path, accs: dict, expected: str):
-    for tech, acc in accs.items():
+def test_verdict_names_a_winner_only_when_the_tests_do(tmp_path: Path, accs: dict,
+                                                         winner: str | None, first: str):
+    for tech, acc in accs.items():  # nested sets of right answers: a beats b on all discordant
         write_run(tmp_path, tech, (tech, None if tech == "full" else 16, 1e-4, "complete",
-                                   acc, 0.01, None))
+                                   acc, 0.01, range(round(acc * N_EXAMPLES))))
     runs = load_runs(tmp_path)
-    lines = report.headline(runs, tables.technique_summary(runs), tmp_path)
-    assert lines[1] == expected
+    best = tables.technique_best(runs, tables.ACC)
+    answer = tables.verdict(best, tables.pairwise(best, tables.ACC), tables.ACC)
+    assert answer["winner"] == winner
+    assert answer["sentences"][0].startswith(first)
+    if accs["full"] == accs["lora"] == 0.0:  # all tie: ranked by cost, then hash, never a winner
+        assert answer["sentences"][0].endswith("they scored identically on every example.")
+        assert answer["sentences"][-1] == "No pair of techniques differs significantly at α = 0.05."
+
+
+def test_ties_go_to_the_cheaper_run(tmp_path: Path):
+    write_run(tmp_path, "dear", ("lora", 16, 1e-4, "complete", 0.5, 0.05, range(50)))
+    write_run(tmp_path, "cheap", ("lora", 16, 2e-4, "complete", 0.5, 0.01, range(50)))
+    best = tables.technique_best(load_runs(tmp_path), tables.ACC)
+    assert best["config_hash"].tolist() == [fake_hash("cheap")]
 
 
 def test_pareto_front(outputs: Path):
@@ -202,23 +225,52 @@ def test_pareto_mask_keeps_ties():
     assert mask.tolist() == [True, True, False, True]
 
 
-def test_significance_sentences(outputs: Path):
-    signif = tables.significance(load_runs(outputs))
-    assert signif["sentence"].tolist() == [
-        "full vs dora r16: +5.0 pts on the task, not significant "
-        "(p = 0.30, exact McNemar test, 100 paired examples).",
-        "full vs lora r16: +10.0 pts on the task, significant "
-        "(p = 0.002, exact McNemar test, 100 paired examples).",
-        "full vs qlora r16: +15.0 pts on the task, significant "
-        "(p < 0.001, exact McNemar test, 100 paired examples).",
-        "full vs lora r8: +20.0 pts on the task, significant "
-        "(p < 0.001, exact McNemar test, 100 paired examples).",
-    ]
+def test_pairwise_tests_every_pair_with_holm(outputs: Path):
+    best = tables.technique_best(load_runs(outputs), tables.ACC)
+    assert best["technique"].tolist() == ["full", "dora r16", "lora r16", "qlora r16", "lora r8"]
+    pairs = tables.pairwise(best, tables.ACC).set_index(["a", "b"])
+    assert len(pairs) == 10  # 5 techniques, every pair once
+    # full vs lora r16: 10 discordant examples, all for full: p = 2 * 0.5**10 (exact McNemar)
+    full_lora = pairs.loc[("full", "lora r16")]
+    assert full_lora["p"] == pytest.approx(2 * 0.5 ** 10)
+    assert full_lora["p_holm"] == pytest.approx(7 * 2 * 0.5 ** 10)  # 4th smallest of 10 p's
+    assert full_lora["significant"] and full_lora["diff_pts"] == pytest.approx(10.0)
+    dora = pairs.loc[("full", "dora r16")]
+    assert dora["p"] == pytest.approx(0.3018, abs=1e-4) and not dora["significant"]
+    assert dora["sentence"] == (
+        "full vs dora r16: +5.0 pts of exact match (95% CI -2.7 to +12.7), not significant "
+        "(p = 0.30, Holm-adjusted = 0.30; exact McNemar test, 100 paired examples); about 794 "
+        "paired examples would detect a difference this size at 80% power.")
+    answer = tables.verdict(best, tables.pairwise(best, tables.ACC), tables.ACC)
+    assert answer["winner"] is None and answer["top_group"] == ["full", "dora r16"]
+    assert answer["best_for_money"] == "dora r16" and answer["needed"] == 794
 
 
-def test_significance_without_eval_files(outputs: Path):
+def test_partial_credit_uses_a_paired_permutation_test(tmp_path: Path):
+    """Mean field accuracy is not 0/1: the permutation test pairs the per-example shares."""
+    for name, shift in (("lora", 0.0), ("full", 1 / 6)):
+        folder = write_run(tmp_path, name, (name, 16 if name == "lora" else None, 1e-4,
+                                            "complete", 0.5, 0.01, range(50)))
+        rows = [{"id": f"ex{i}", "correct": 0, "field_acc": min(1.0, (i % 6) / 6 + shift)}
+                for i in range(N_EXAMPLES)]
+        (folder / "eval" / "task.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+        record_path = folder / "record.json"
+        data = json.loads(record_path.read_text())
+        data["metrics"]["eval/task/field_acc"] = sum(r["field_acc"] for r in rows) / N_EXAMPLES
+        record_path.write_text(json.dumps(data))
+    runs = load_runs(tmp_path)
+    assert tables.objective_metric(runs) == tables.FIELD_ACC
+    best = tables.technique_best(runs, tables.FIELD_ACC)
+    pair = tables.pairwise(best, tables.FIELD_ACC).iloc[0]
+    assert (pair["a"], pair["b"], pair["method"]) == ("full", "lora r16", "paired permutation")
+    assert pair["p"] < 0.001 and pair["significant"]
+    assert pair["diff_pts"] == pytest.approx(100 / 6)  # one more field right on every row
+
+
+def test_pairwise_without_eval_files(outputs: Path):
     shutil.rmtree(outputs / "runs" / fake_hash("dora16") / "eval")
-    sentence = tables.significance(load_runs(outputs))["sentence"][0]
+    best = tables.technique_best(load_runs(outputs), tables.ACC)
+    sentence = tables.pairwise(best, tables.ACC)["sentence"][0]
     assert sentence == "full vs dora r16: no per-example results to pair, not tested."
 
 
@@ -251,18 +303,27 @@ def test_filters(outputs: Path):
 def test_cli_writes_every_file(outputs: Path, tmp_path: Path, capsys):
     out = tmp_path / "report"
     assert report.main([str(outputs), "--out", str(out)]) == 0
-    names = {"report.md", "report.html", "runs.csv", "runs.parquet", "pareto.png",
-             "acc_vs_rank.png", "acc_vs_lr.png", "best_so_far.png"}
+    names = {"report.md", "report.html", "runs.csv", "runs.parquet", "summary.json",
+             "pareto.png", "learning_curves.png", "fields.png", "acc_vs_rank.png",
+             "acc_vs_lr.png", "best_so_far.png"}
     assert names <= {p.name for p in out.iterdir()}
     assert len(capsys.readouterr().out.splitlines()) == len(names)
     assert len(pd.read_parquet(out / "runs.parquet")) == len(RUNS) + 3
     assert len(pd.read_csv(out / "runs.csv")) == len(RUNS) + 3
     md = (out / "report.md").read_text()
-    assert "full vs dora r16: +5.0 pts on the task, not significant (p = 0.30" in md
+    assert "full vs dora r16: +5.0 pts of exact match (95% CI -2.7 to +12.7), not significant" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "eval/task/acc" and summary["winner"] is None
+    assert [t["technique"] for t in summary["techniques"]][:2] == ["full", "dora r16"]
+    assert summary["techniques"][0]["best_run"] == fake_hash("full")
+    assert len(summary["pairwise"]) == 10
+    first = summary["pairwise"][0]
+    assert (first["a"], first["b"], first["n"], first["significant"]) == ("full", "dora r16",
+                                                                         100, False)
     assert f"harness-reproduce {fake_hash('qlora16')}" in md
     assert "Records that could not be used" in md and "unreadable record" in md
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 6
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
@@ -305,10 +366,11 @@ def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path):
         driver.get((out / "report.html").as_uri())
         assert driver.title == report.TITLE
         assert driver.find_element(By.TAG_NAME, "h1").text == report.TITLE
-        images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) == 4
-        assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0
-                   for i in images)
+        images = driver.find_elements(By.TAG_NAME, "img")  # every figure decoded and drawn
+        assert len(images) == 6
+        assert all(driver.execute_script("return arguments[0].complete && "
+                                         "arguments[0].naturalWidth > 0", i) for i in images)
+        assert all(i.size["width"] > 200 and i.size["height"] > 100 for i in images)
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == []
         height = driver.execute_script("return document.body.scrollHeight")
@@ -316,4 +378,8 @@ def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path):
         assert driver.save_screenshot(str(out / "screenshot.png"))
     finally:
         driver.quit()
-    assert (out / "screenshot.png").stat().st_size > 10_000
+    from PIL import Image
+
+    shot = Image.open(out / "screenshot.png").convert("RGB")
+    # Not a blank or error page: the plots' colours are on it, not just text on white.
+    assert len(shot.getcolors(maxcolors=1 << 20) or []) > 500

