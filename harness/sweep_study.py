@@ -152,6 +152,9 @@ def open_study(study_name: str, storage_url: str,
             f"study {study_name!r} in {storage_url} optimizes {have}, but "
             f"hydra.sweeper.objectives say {directions}: set another hydra.sweeper.study_name"
         )
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in objectives])  # dashboards: not "Objective 0"
     return study
 
 
