@@ -177,9 +177,24 @@ def fields_plot(best: pd.DataFrame, colors: dict, path: Path, fields: list[str])
     return _save(fig, path)
 
 
+def importance_plot(importance: pd.DataFrame, path: Path) -> Path:
+    """Share of the first objective's variance each hyperparameter explains, per study."""
+    studies = sorted(importance["study"].unique())
+    fig = Figure(figsize=(6, 1.2 + 0.45 * max(len(importance), 1)))
+    ax = fig.subplots()
+    for study in studies:
+        part = importance[importance["study"] == study].sort_values("importance")
+        ax.barh([f"{study}: {p}" if len(studies) > 1 else p for p in part["param"]],
+                part["importance"], label=study)
+    ax.set(xlabel="importance (fANOVA, share of the objective's variance)",
+           title="Hyperparameter importance")
+    return _save(fig, path)
+
+
 def write_plots(runs: pd.DataFrame, front: pd.DataFrame, progress: pd.DataFrame,
                 out_dir: Path, metric: str = ACC, best: pd.DataFrame | None = None,
-                history: pd.DataFrame | None = None) -> dict[str, Path]:
+                history: pd.DataFrame | None = None,
+                importance: pd.DataFrame | None = None) -> dict[str, Path]:
     """Writes every figure into `out_dir`; returns {name: path} in report order."""
     colors = technique_colors(runs)
     adapters = runs[runs["technique_name"].isin(["lora", "qlora", "dora"])]
@@ -189,7 +204,7 @@ def write_plots(runs: pd.DataFrame, front: pd.DataFrame, progress: pd.DataFrame,
     fields = [c.split("/")[2][:-4] for c in runs.columns
               if c.startswith("eval/task/") and c.endswith("_acc") and c != "eval/task/field_acc"
               and complete(runs)[c].notna().any()]
-    return {
+    figures = {
         "pareto": pareto_plot(runs, front, colors, out_dir / "pareto.png", metric),
         "curves": curves_plot(history, colors, out_dir / "learning_curves.png"),
         "fields": fields_plot(best, colors, out_dir / "fields.png", fields),
@@ -199,3 +214,6 @@ def write_plots(runs: pd.DataFrame, front: pd.DataFrame, progress: pd.DataFrame,
                          metric=metric),
         "progress": progress_plot(progress, out_dir / "best_so_far.png", metric),
     }
+    if importance is not None and len(importance):  # only with enough trials to mean something
+        figures["importance"] = importance_plot(importance, out_dir / "importance.png")
+    return figures

@@ -166,7 +166,10 @@ def build_blocks(runs: pd.DataFrame, source: Path, figures: dict[str, Path],
         ("h2", "Hyperparameters and search progress"),
         ("img", ("Task accuracy against LoRA rank (adapter runs)", figures["rank"])),
         ("img", ("Task accuracy against learning rate", figures["lr"])),
-        ("img", ("Best task accuracy so far, per study", figures["progress"])),
+        ("img", ("Best score so far, per study", figures["progress"])),
+        *([("img", ("Hyperparameter importance of the first objective", figures["importance"]))]
+          if "importance" in figures else []),
+        *[("p", note) for note in parts.get("importance_notes", [])],
         ("h2", "Runs"),
         ("p", "Every run with its config hash, folder and the command that reproduces it."),
         ("table", render.display(ordered_runs(runs), RUN_COLUMNS)),
@@ -228,8 +231,9 @@ def write_report(source: str | Path, out: str | Path | None = None, sweep: str |
     parts = {"summary": tables.technique_summary(runs), "metric": metric, "best": best,
              "front": tables.pareto_front(runs, y=metric), "pairs": pairs, "answer": answer}
     progress = tables.best_so_far(runs, load_studies(source, sweep=sweep), metric)
+    importance, parts["importance_notes"] = tables.importances(source, sweep)
     figures = plots.write_plots(runs, parts["front"], progress, out_dir, metric, best,
-                                load_history(runs))
+                                load_history(runs), importance)
     blocks = build_blocks(runs, source, figures, parts)
     written = {"md": out_dir / "report.md", "html": out_dir / "report.html",
                "csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet",

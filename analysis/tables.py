@@ -313,3 +313,43 @@ def best_so_far(runs: pd.DataFrame, studies: pd.DataFrame, metric: str = ACC) ->
     frame = frame[frame["acc"].notna()].sort_values(["study", "trial"], kind="stable")
     frame["best"] = frame.groupby("study")["acc"].cummax()
     return frame[["study", "trial", "acc", "best"]].reset_index(drop=True)
+
+
+MIN_IMPORTANCE_TRIALS = 8  # fewer: the importance evaluator's forest fits noise
+
+
+def importances(root: str | Path, sweep: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Hyperparameter importance of the first objective (Optuna's default evaluator, fANOVA)
+    for every study in a `study.db` under `root` with enough complete trials.
+
+    Returns (rows of study, param, importance; notes on studies left out and why).
+    """
+    import optuna
+
+    rows, notes = [], []
+    for db in sorted(Path(root).glob("**/study.db")):
+        storage = f"sqlite:///{db.resolve()}"
+        try:
+            summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        except Exception as exc:  # a locked or foreign database must not kill the report
+            notes.append(f"{db}: not readable as an Optuna study ({exc}).")
+            continue
+        for summary in summaries:
+            if sweep and summary.study_name != sweep:
+                continue
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if len(done) < MIN_IMPORTANCE_TRIALS:
+                notes.append(f"{summary.study_name}: {len(done)} complete trials; hyperparameter "
+                             f"importance needs at least {MIN_IMPORTANCE_TRIALS} "
+                             "(raise hydra.sweeper.n_trials).")
+                continue
+            try:
+                scores = optuna.importance.get_param_importances(
+                    study, target=lambda t: t.values[0])
+            except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies
+                notes.append(f"{summary.study_name}: importance not computed ({exc}).")
+                continue
+            rows += [{"study": summary.study_name, "param": k, "importance": v}
+                     for k, v in scores.items()]
+    return pd.DataFrame(rows, columns=["study", "param", "importance"]), notes

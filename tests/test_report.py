@@ -11,6 +11,7 @@ pruned, a failed, an incomplete, an old-format and a corrupt record.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import shutil
 import socket
@@ -383,3 +384,37 @@ def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path):
     shot = Image.open(out / "screenshot.png").convert("RGB")
     # Not a blank or error page: the plots' colours are on it, not just text on white.
     assert len(shot.getcolors(maxcolors=1 << 20) or []) > 500
+
+
+def test_hyperparameter_importance_needs_enough_trials(outputs: Path, tmp_path: Path):
+    import optuna
+
+    from harness import sweep_study
+
+    objectives = [sweep_study.Objective("eval/task/field_acc", "maximize"),
+                  sweep_study.Objective("cost/usd", "minimize")]
+    folder = outputs / "sweeps" / "s1"
+    folder.mkdir(parents=True)
+    study = sweep_study.open_study("s1", f"sqlite:///{folder / 'study.db'}", objectives)
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+             "technique.r": optuna.distributions.CategoricalDistribution([8, 16, 32])}
+    for i in range(3):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optimizer.lr": 10 ** (-5 + i), "technique.r": 8},
+            distributions=space, values=[0.1 * i, 0.01]))
+    out = report.write_report(outputs, tmp_path / "few")
+    assert "importance" not in out
+    assert ("s1: 3 complete trials; hyperparameter importance needs at least 8"
+            in out["md"].read_text())
+    for i in range(9):  # the score follows the learning rate only: lr must dominate
+        lr = 10 ** (-5 + 3 * i / 8)
+        study.add_trial(optuna.trial.create_trial(
+            params={"optimizer.lr": lr, "technique.r": [8, 16, 32][i % 3]},
+            distributions=space, values=[5 + math.log10(lr), 0.01]))
+    importance, notes = tables.importances(outputs)
+    assert notes == []
+    top = importance.sort_values("importance", ascending=False).iloc[0]
+    assert (top["study"], top["param"]) == ("s1", "optimizer.lr") and top["importance"] > 0.5
+    out = report.write_report(outputs, tmp_path / "enough")
+    assert out["importance"].name == "importance.png"
+    assert "![Hyperparameter importance" in out["md"].read_text()
