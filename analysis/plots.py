@@ -178,7 +178,7 @@ def fields_plot(best: pd.DataFrame, colors: dict, path: Path, fields: list[str])
 
 
 def importance_plot(importance: pd.DataFrame, path: Path) -> Path:
-    """Share of the first objective's variance each hyperparameter explains, per study."""
+    """How much each hyperparameter decides the first objective, per study."""
     studies = sorted(importance["study"].unique())
     fig = Figure(figsize=(6, 1.2 + 0.45 * max(len(importance), 1)))
     ax = fig.subplots()
@@ -186,7 +186,7 @@ def importance_plot(importance: pd.DataFrame, path: Path) -> Path:
         part = importance[importance["study"] == study].sort_values("importance")
         ax.barh([f"{study}: {p}" if len(studies) > 1 else p for p in part["param"]],
                 part["importance"], label=study)
-    ax.set(xlabel="importance (fANOVA, share of the objective's variance)",
+    ax.set(xlabel="importance (Optuna's default evaluator; sums to 1)",
            title="Hyperparameter importance")
     return _save(fig, path)
 

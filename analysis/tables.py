@@ -315,11 +315,11 @@ def best_so_far(runs: pd.DataFrame, studies: pd.DataFrame, metric: str = ACC) ->
     return frame[["study", "trial", "acc", "best"]].reset_index(drop=True)
 
 
-MIN_IMPORTANCE_TRIALS = 8  # fewer: the importance evaluator's forest fits noise
+MIN_IMPORTANCE_TRIALS = 8  # fewer: the top-quantile split the evaluator makes is a trial or two
 
 
 def importances(root: str | Path, sweep: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Hyperparameter importance of the first objective (Optuna's default evaluator, fANOVA)
+    """Hyperparameter importance of the first objective (Optuna's default evaluator)
     for every study in a `study.db` under `root` with enough complete trials.
 
     Returns (rows of study, param, importance; notes on studies left out and why).
@@ -344,9 +344,11 @@ def importances(root: str | Path, sweep: str | None = None) -> tuple[pd.DataFram
                              f"importance needs at least {MIN_IMPORTANCE_TRIALS} "
                              "(raise hydra.sweeper.n_trials).")
                 continue
+            # Optuna 5's default evaluator (PED-ANOVA) explains what makes the target *low*.
+            sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
             try:
                 scores = optuna.importance.get_param_importances(
-                    study, target=lambda t: t.values[0])
+                    study, target=lambda t: sign * t.values[0])
             except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies
                 notes.append(f"{summary.study_name}: importance not computed ({exc}).")
                 continue
