@@ -138,7 +138,7 @@ def curves_plot(history: pd.DataFrame, colors: dict, path: Path) -> Path:
     axes = fig.subplots(1, max(len(labels), 1), sharey=True, squeeze=False)[0]
     if not labels:
         _no_data(axes[0], "a loss history")
-    for ax, label in zip(axes, labels):
+    for ax, label in zip(axes, labels, strict=False):  # one empty panel when no labels
         for chash, run in history[history["technique"] == label].groupby("config_hash"):
             train = run[run["metric"] == "train/loss"]
             val = run[run["metric"] == "eval/loss"]

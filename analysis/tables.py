@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from analysis import stats
 from analysis.records import ACC, USD, as_number
 
@@ -224,7 +225,7 @@ def pairwise(best: pd.DataFrame, metric: str) -> pd.DataFrame:
                          "low_pts": 100 * test.low, "high_pts": 100 * test.high, "p": test.p,
                          "method": test.method, "_sd": test.sd, "_diff": test.diff})
     adjusted = stats.holm([r["p"] for r in rows])
-    for row, p_holm in zip(rows, adjusted):
+    for row, p_holm in zip(rows, adjusted, strict=True):
         row["p_holm"] = p_holm
         row["significant"] = bool(row["n"] and p_holm < stats.ALPHA)
         needed = stats.examples_needed(row.pop("_diff"), row.pop("_sd"), tests=len(rows))
@@ -348,7 +349,7 @@ def importances(root: str | Path, sweep: str | None = None) -> tuple[pd.DataFram
             sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
             try:
                 scores = optuna.importance.get_param_importances(
-                    study, target=lambda t: sign * t.values[0])
+                    study, target=lambda t, sign=sign: sign * t.values[0])
             except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies
                 notes.append(f"{summary.study_name}: importance not computed ({exc}).")
                 continue

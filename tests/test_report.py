@@ -11,8 +11,8 @@ pruned, a failed, an incomplete, an old-format and a corrupt record.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import shutil
 import socket
 from pathlib import Path
