@@ -92,7 +92,12 @@ def best_table(best: pd.DataFrame, metric: str) -> pd.DataFrame:
                                ("eval/perplexity/ppl", "perplexity")):
             if column == metric or column not in run or pd.isna(run[column]):
                 continue
-            low, high = stats.normal_interval(run[column], run.get(f"{column}_stderr", float("nan")))
+            if column == "eval/perplexity/ppl":  # not a mean of per-example scores
+                low, high = stats.normal_interval(run[column],
+                                                  run.get(f"{column}_stderr", float("nan")))
+            else:  # Wilson from the per-example results where the run has them
+                ci = tables.run_interval(b["folder"], run, column)
+                low, high = ci.low, ci.high
             row[header] = with_ci(run[column], low, high)
             delta = run.get(f"{column}_delta")
             row[f"{header} Δ base"] = render.MISSING if pd.isna(delta) else f"{delta:+.3f}"
@@ -141,8 +146,8 @@ def build_blocks(runs: pd.DataFrame, source: Path, figures: dict[str, Path],
     blocks += [
         ("h2", "Best run of each technique"),
         ("p", f"Ranked by {tables.metric_label(metric)} on the held-out task, each score with "
-              "its 95% interval (Wilson for exact match, Student's t for means, ±1.96 "
-              "stderr for benchmarks); ties go to the cheaper run."),
+              "its 95% interval (Wilson for 0/1 scores, Student's t for partial credit, ±1.96 "
+              "stderr for perplexity); ties go to the cheaper run."),
         ("table", best_table(parts["best"], metric)),
         ("h2", "Techniques"),
         ("p", "One row per technique. Scores and costs are medians over complete runs; "

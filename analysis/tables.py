@@ -141,7 +141,7 @@ def load_eval(folder: str | Path, task: str = "task", key: str = "correct"
     return results or None
 
 
-def _interval(folder: object, run: pd.Series, metric: str) -> stats.Interval:
+def run_interval(folder: object, run: pd.Series, metric: str) -> stats.Interval:
     """From the run's per-example scores, else its recorded stderr, else the value alone."""
     option, key = example_key(metric)
     scores = load_eval(folder, option, key) if isinstance(folder, str) else None
@@ -169,7 +169,7 @@ def technique_best(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                             na_position="last", kind="stable")
     rows = []
     for _, run in done.drop_duplicates("technique").iterrows():
-        ci = _interval(run["folder"], run, metric)
+        ci = run_interval(run["folder"], run, metric)
         rows.append({"technique": run["technique"], "config_hash": run["config_hash"],
                      "folder": run["folder"], "value": run["_score"], "low": ci.low,
                      "high": ci.high, "stderr": ci.stderr, "n": ci.n, "usd": run["_usd"],
