@@ -273,7 +273,8 @@ def verdict(best: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> dict:
         out["needed"] = None if pd.isna(first["needed"]) else int(first["needed"])
         more = (f"telling a difference of {first['diff_pts']:.1f} pts apart would take about "
                 f"{out['needed']:,} paired examples (this comparison had {first['n']})"
-                if out["needed"] else "they scored identically on every example")
+                if out["needed"] else "their mean scores are equal, so there is no margin to "
+                "plan a larger test for")
         out["sentences"].append(
             f"No single winner: {', '.join(group)} are statistically indistinguishable on "
             f"{label} (the best, {leader['technique']}, {score(leader)}, leads "

@@ -26,6 +26,13 @@ def trials_table(study: optuna.Study):
         attrs=("number", "state", "value", "params", "user_attrs", "datetime_start",
                "datetime_complete", "duration"))
     frame = frame.rename(columns=lambda c: c.removeprefix("user_attrs_"))
+    # With metric names set, Optuna names the columns after them (values_eval/task/acc);
+    # study.csv keeps value / values_<i>, which readers index by objective position.
+    names = study.metric_names or []
+    if len(names) == 1:
+        frame = frame.rename(columns={f"values_{names[0]}": "value", f"value_{names[0]}": "value"})
+    else:
+        frame = frame.rename(columns={f"values_{n}": f"values_{i}" for i, n in enumerate(names)})
     for column in ("config_hash", "error", "pruned_at_step", "cache_hit", "sweeper"):
         if column not in frame:
             frame[column] = None
