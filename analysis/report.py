@@ -96,7 +96,7 @@ def best_table(best: pd.DataFrame, metric: str) -> pd.DataFrame:
                 low, high = stats.normal_interval(run[column],
                                                   run.get(f"{column}_stderr", float("nan")))
             else:  # Wilson from the per-example results where the run has them
-                ci = tables.run_interval(b["folder"], run, column)
+                ci = tables.run_interval(run, column, tables.run_scores(b["folder"], column))
                 low, high = ci.low, ci.high
             row[header] = with_ci(run[column], low, high)
             delta = run.get(f"{column}_delta")

@@ -141,10 +141,15 @@ def load_eval(folder: str | Path, task: str = "task", key: str = "correct"
     return results or None
 
 
-def run_interval(folder: object, run: pd.Series, metric: str) -> stats.Interval:
-    """From the run's per-example scores, else its recorded stderr, else the value alone."""
+def run_scores(folder: object, metric: str) -> dict[str, float] | None:
+    """A run's per-example scores on `metric` ({id: score}), None when it has none."""
     option, key = example_key(metric)
-    scores = load_eval(folder, option, key) if isinstance(folder, str) else None
+    return load_eval(folder, option, key) if isinstance(folder, str) else None
+
+
+def run_interval(run: pd.Series, metric: str, scores: dict[str, float] | None
+                 ) -> stats.Interval:
+    """From the run's per-example scores, else its recorded stderr, else the value alone."""
     if scores:
         return stats.interval(list(scores.values()))
     value = as_number(run.get(metric))
@@ -159,8 +164,8 @@ def technique_best(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
     Ties on the score go to the cheaper run (the one a user would pick), then to the config
     hash, so the choice never depends on file order. Columns: technique, config_hash,
-    folder, value, low, high, stderr, n (per-example scores; 0: from the record), usd, and
-    the run's row under `run`.
+    folder, value, low, high, stderr, n (per-example scores; 0: from the record), usd,
+    scores (the per-example scores, for the paired tests) and the run's row under `run`.
     """
     done = complete(runs).assign(_score=lambda f: _column(f, metric),
                                  _usd=lambda f: _column(f, USD))
@@ -169,13 +174,14 @@ def technique_best(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                             na_position="last", kind="stable")
     rows = []
     for _, run in done.drop_duplicates("technique").iterrows():
-        ci = run_interval(run["folder"], run, metric)
+        scores = run_scores(run["folder"], metric)
+        ci = run_interval(run, metric, scores)
         rows.append({"technique": run["technique"], "config_hash": run["config_hash"],
                      "folder": run["folder"], "value": run["_score"], "low": ci.low,
                      "high": ci.high, "stderr": ci.stderr, "n": ci.n, "usd": run["_usd"],
-                     "run": run.drop(["_score", "_usd"])})
+                     "scores": scores, "run": run.drop(["_score", "_usd"])})
     return pd.DataFrame(rows, columns=["technique", "config_hash", "folder", "value", "low",
-                                       "high", "stderr", "n", "usd", "run"])
+                                       "high", "stderr", "n", "usd", "scores", "run"])
 
 
 def _p_text(p: float) -> str:
@@ -212,8 +218,7 @@ def pairwise(best: pd.DataFrame, metric: str) -> pd.DataFrame:
     decides `significant` (α = stats.ALPHA). `needed`: paired examples that would detect the
     observed difference at 80% power with the same correction (stats.examples_needed).
     """
-    option, key = example_key(metric)
-    scores = [load_eval(f, option, key) if isinstance(f, str) else None for f in best["folder"]]
+    scores = list(best["scores"])
     rows = []
     for i in range(len(best)):
         for j in range(i + 1, len(best)):
@@ -228,8 +233,7 @@ def pairwise(best: pd.DataFrame, metric: str) -> pd.DataFrame:
     for row, p_holm in zip(rows, adjusted, strict=True):
         row["p_holm"] = p_holm
         row["significant"] = bool(row["n"] and p_holm < stats.ALPHA)
-        needed = stats.examples_needed(row.pop("_diff"), row.pop("_sd"), tests=len(rows))
-        row["needed"] = needed
+        row["needed"] = stats.examples_needed(row.pop("_diff"), row.pop("_sd"), tests=len(rows))
         row["sentence"] = pair_sentence(row, metric)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS).astype({"needed": object})
 
