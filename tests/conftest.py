@@ -49,3 +49,29 @@ def _compose(overrides: list[str], tmp_path: Path, hydra: bool = False) -> DictC
 def compose_cfg() -> Callable[..., DictConfig]:
     """`compose_cfg(overrides, tmp_path, hydra=False)`: the real conf/, shrunk for tests."""
     return _compose
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def chromium(tmp_path: Path):
+    """A headless Chromium (selenium) for the browser tests; skips without the Debian packages
+    chromium and chromium-driver (.ci/run installs them). No sandbox, no GPU, and nothing that
+    calls out to the network."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian packages chromium and chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--window-size=1600,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -63,14 +63,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                    reason="needs Debian packages chromium and chromium-driver")
-def test_dashboard_shows_the_study_in_chromium(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_dashboard_shows_the_study_in_chromium(tmp_path: Path, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -79,13 +73,6 @@ def test_dashboard_shows_the_study_in_chromium(tmp_path: Path):
     server = subprocess.Popen([sys.executable, "-m", "harness.dashboard", str(tmp_path),
                                "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = None
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # the server is up once it accepts connections
@@ -94,20 +81,16 @@ def test_dashboard_shows_the_study_in_chromium(tmp_path: Path):
                     break
             assert server.poll() is None, server.stdout.read()
             time.sleep(0.5)
-        driver = webdriver.Chrome(options=options,
-                                  service=webdriver.ChromeService(str(CHROMEDRIVER)))
-        driver.get(f"http://127.0.0.1:{port}/dashboard/studies/1")
+        chromium.get(f"http://127.0.0.1:{port}/dashboard/studies/1")
 
         def shows(text: str):
             return lambda d: text in d.find_element(By.TAG_NAME, "body").text
 
-        WebDriverWait(driver, 30).until(shows("shootout"))
-        WebDriverWait(driver, 30).until(shows("eval/task/field_acc"))  # named, not Objective 0
-        driver.get(f"http://127.0.0.1:{port}/dashboard/studies/1/trials")
-        WebDriverWait(driver, 30).until(shows("Trial 2"))
-        assert driver.save_screenshot(str(tmp_path / "dashboard.png"))
+        WebDriverWait(chromium, 30).until(shows("shootout"))
+        WebDriverWait(chromium, 30).until(shows("eval/task/field_acc"))  # named, not Objective 0
+        chromium.get(f"http://127.0.0.1:{port}/dashboard/studies/1/trials")
+        WebDriverWait(chromium, 30).until(shows("Trial 2"))
+        assert chromium.save_screenshot(str(tmp_path / "dashboard.png"))
     finally:
-        if driver is not None:
-            driver.quit()
         server.terminate()
         server.wait(timeout=30)

@@ -340,45 +340,26 @@ def test_cli_rejects_missing_folder(tmp_path: Path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                    reason="needs Debian packages chromium and chromium-driver")
-def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path, chromium):
     from selenium.webdriver.common.by import By
 
     out = tmp_path / "report"
     report.write_report(outputs, out)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # Headless in a container: no sandbox, no GPU, and nothing that calls out to the network.
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--window-size=1600,2000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(str(CHROMEDRIVER)))
-    try:
-        driver.get((out / "report.html").as_uri())
-        assert driver.title == report.TITLE
-        assert driver.find_element(By.TAG_NAME, "h1").text == report.TITLE
-        images = driver.find_elements(By.TAG_NAME, "img")  # every figure decoded and drawn
-        assert len(images) == 6
-        assert all(driver.execute_script("return arguments[0].complete && "
-                                         "arguments[0].naturalWidth > 0", i) for i in images)
-        assert all(i.size["width"] > 200 and i.size["height"] > 100 for i in images)
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == []
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1600, min(height + 100, 8000))
-        assert driver.save_screenshot(str(out / "screenshot.png"))
-    finally:
-        driver.quit()
+    chromium.get((out / "report.html").as_uri())
+    assert chromium.title == report.TITLE
+    assert chromium.find_element(By.TAG_NAME, "h1").text == report.TITLE
+    images = chromium.find_elements(By.TAG_NAME, "img")  # every figure decoded and drawn
+    assert len(images) == 6
+    assert all(chromium.execute_script("return arguments[0].complete && "
+                                       "arguments[0].naturalWidth > 0", i) for i in images)
+    assert all(i.size["width"] > 200 and i.size["height"] > 100 for i in images)
+    severe = [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+    height = chromium.execute_script("return document.body.scrollHeight")
+    chromium.set_window_size(1600, min(height + 100, 8000))
+    assert chromium.save_screenshot(str(out / "screenshot.png"))
+
     from PIL import Image
 
     shot = Image.open(out / "screenshot.png").convert("RGB")
