@@ -82,11 +82,13 @@ def _check_settings(eval_cfg: DictConfig, tasks: list[str]) -> None:
     for key in eval_cfg.limits:  # a typo, not a limit for a built-in option left out
         if key not in tasks and key not in KNOWN:
             raise EvalConfigError(f"eval.limits.{key}: {key!r} is not in eval.tasks {tasks}")
-    for setting in ("batch_size", "max_gen_tokens"):
+    for setting in ("batch_size", "loglikelihood_batch_size", "max_gen_tokens"):
         if eval_cfg[setting] < 1:
             raise EvalConfigError(f"eval.{setting}={eval_cfg[setting]}: must be >= 1")
     if eval_cfg.num_fewshot < 0:
         raise EvalConfigError(f"eval.num_fewshot={eval_cfg.num_fewshot}: must be >= 0")
+    if eval_cfg.merge_adapters not in ("auto", True, False):
+        raise EvalConfigError(f"eval.merge_adapters={eval_cfg.merge_adapters!r}: auto, true or false")
     if eval_cfg.scorer not in SCORERS:
         raise EvalConfigError(f"eval.scorer={eval_cfg.scorer!r}: choose {', '.join(SCORERS)}")
 
@@ -196,23 +198,36 @@ def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_
 
 
 def _run(lm, suites: list[Suite], loaded: dict, tm, eval_cfg: DictConfig, seed: int) -> dict:
-    """One simple_evaluate call per chat-template setting (each call costs ~1 s of overhead)."""
+    """One simple_evaluate call per chat-template setting and request kind (each call costs
+    ~1 s of overhead): generation at eval.batch_size, scoring at eval.loglikelihood_batch_size.
+    Scoring batches pad every row to the batch's longest prompt; MMLU's prompts run from ~60
+    to ~1,000 tokens, so smaller batches waste less (BENCHMARKS.md "Evaluation speed")."""
     import lm_eval
 
     results = {}
     for chat in (False, True):
-        batch = [s for s in suites if s.chat == chat]
-        if not batch:
-            continue
-        samples = {k: v for s in batch for k, v in loaded[s.key][1].items()}
-        res = lm_eval.simple_evaluate(
-            model=lm, tasks=[loaded[s.key][0] for s in batch], samples=samples,
-            apply_chat_template=chat, fewshot_as_multiturn=chat, task_manager=tm,
-            bootstrap_iters=BOOTSTRAP_ITERS, log_samples=True, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=eval_cfg.seed,
-        )
-        results.update({s.key: res for s in batch})
+        for generates in (True, False):
+            batch = [s for s in suites if s.chat == chat and _generates(loaded[s.key][0]) == generates]
+            if not batch:
+                continue
+            lm.batch_size_per_gpu = eval_cfg.batch_size if generates else eval_cfg.loglikelihood_batch_size
+            samples = {k: v for s in batch for k, v in loaded[s.key][1].items()}
+            res = lm_eval.simple_evaluate(
+                model=lm, tasks=[loaded[s.key][0] for s in batch], samples=samples,
+                apply_chat_template=chat, fewshot_as_multiturn=chat, task_manager=tm,
+                bootstrap_iters=BOOTSTRAP_ITERS, log_samples=True, random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=eval_cfg.seed,
+            )
+            results.update({s.key: res for s in batch})
     return results
+
+
+def _generates(obj) -> bool:
+    """Whether an lm-eval Task or Group generates text (else it scores given continuations)."""
+    from lm_eval.api.group import Group
+
+    leaves = obj.get_all_tasks() if isinstance(obj, Group) else [obj]
+    return any(t.get_config("output_type") == "generate_until" for t in leaves)
 
 
 @contextmanager

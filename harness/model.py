@@ -62,6 +62,18 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def compute_dtype(model_cfg: DictConfig, technique_cfg: DictConfig) -> torch.dtype:
+    """The dtype the matmuls run in: `technique.compute_dtype` for QLoRA, else `model.dtype`.
+
+    The trainer's bf16/fp16 autocast flags come from this, never from a parameter's dtype:
+    full fine-tuning keeps fp32 master weights and QLoRA upcasts its norms and embeddings to
+    fp32, yet both compute in half precision.
+    """
+    if technique_cfg.name == "qlora":
+        return resolve_dtype(technique_cfg.compute_dtype)
+    return resolve_dtype(model_cfg.dtype)
+
+
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 EAGER_ATTENTION_MAX_LENGTH = 1024  # eager keeps every T x T score for the backward pass
 

@@ -15,9 +15,9 @@ from omegaconf import DictConfig
 from harness import offline
 from harness.cost import Timer, cost_metrics
 from harness.data import load_splits
-from harness.model import load_model
+from harness.model import compute_dtype, load_model
 from harness.record import Record, config_hash, load_record, run_dir
-from harness.technique import apply_technique, count_params, validate_technique
+from harness.technique import apply_technique, count_params, for_inference, validate_technique
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def _pipeline(cfg: DictConfig, record: Record, evaluate, base_model_metrics) -> 
     record.update(history=result.history)
     save_artifacts(model, tokenizer, record.folder, cfg.train.merge_adapter)
     with timer("eval"):
+        model = for_inference(model, cfg.technique, compute_dtype(cfg.model, cfg.technique),
+                              cfg.eval.merge_adapters)
         metrics = evaluate(model, tokenizer, cfg.eval, splits.test, record.folder / "eval", cfg.seed)
     del model
     gc.collect()

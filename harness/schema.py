@@ -116,8 +116,10 @@ class EvalConfig:
     limit: int | None = None  # per task, seeded stratified subsample (None: every example)
     limits: dict[str, int] = field(default_factory=dict)  # per-task override of `limit`
     num_fewshot: int = 0  # mmlu, gsm8k, lm-eval names (bbh: set by bbh_variant)
-    batch_size: int = 8
+    batch_size: int = 64  # rows per forward pass when generating (task, gsm8k, bbh)
+    loglikelihood_batch_size: int = 16  # rows per forward pass when scoring text (mmlu, perplexity)
     max_gen_tokens: int = 128  # new tokens per generation (task, gsm8k, bbh)
+    merge_adapters: Any = "auto"  # auto | true | false: evaluate adapters merged (technique.for_inference)
     chat_template: bool = True
     seed: int = 1234  # subsamples and few-shot draws: the same examples for every trial
     base_model: bool = True  # also score the untuned base model (cached) for *_delta metrics

@@ -1,6 +1,6 @@
 """Technique stage: turn the loaded base model into what trains.
 
-- full: every weight trains.
+- full: every weight trains, in fp32 master weights under half-precision autocast.
 - lora (Hu et al. 2021): frozen base + low-rank adapters on the target modules.
 - qlora (Dettmers et al. 2023): lora on a 4-bit NF4 base (loaded by harness.model).
 - dora (Liu et al. 2024): lora with a trained magnitude per output (PEFT use_dora).
@@ -49,6 +49,11 @@ def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bo
     """Wraps the model for its technique and returns what the trainer optimises."""
     validate_technique(technique_cfg)
     if technique_cfg.name == "full":
+        if model.dtype in (torch.bfloat16, torch.float16):
+            # bf16 keeps 8 bits of mantissa: an AdamW step of lr 5e-5 on a weight of ~0.05 is
+            # below half its last bit and rounds away, so bf16 weights barely train. The
+            # trainer's autocast still runs the matmuls in the compute dtype.
+            model.to(torch.float32)
         model.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -72,6 +77,34 @@ def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bo
     except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
         raise ConfigError(f"technique.target_modules: {exc}") from exc
     return model
+
+
+def for_inference(model, technique_cfg: DictConfig, compute: torch.dtype, merge: str | bool):
+    """The trained model as it ships, for evaluation: fp32 master weights cast to the compute
+    dtype, adapters merged into the base weights (PEFT's merge_and_unload).
+
+    `merge` (eval.merge_adapters): true, false, or auto, which merges LoRA and DoRA everywhere
+    (one matmul a layer instead of three; no memory cost) and QLoRA on CPU only, onto its
+    4-bit base de-quantized to the compute dtype: the same weights the adapter trained
+    against, which bitsandbytes otherwise de-quantizes again on every matmul. On CUDA auto
+    keeps QLoRA's 4-bit base: its kernels are fast, and its memory is why QLoRA was chosen.
+    """
+    if technique_cfg.name == "full":
+        if compute != torch.float32 and model.dtype == torch.float32:
+            model.to(compute)
+        return model
+    if merge == "auto":
+        merge = technique_cfg.name != "qlora" or model.device.type == "cpu"
+    if not merge:
+        return model
+    if technique_cfg.name == "qlora":
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        peft_config, adapter = model.peft_config["default"], get_peft_model_state_dict(model)
+        base = model.unload().dequantize(dtype=compute).to(compute)
+        model = get_peft_model(base, peft_config)
+        set_peft_model_state_dict(model, adapter)
+    return model.merge_and_unload()
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

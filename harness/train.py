@@ -22,6 +22,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 import harness
 from harness.data import Splits, to_trl
 from harness.errors import ConfigError, TrainingError
+from harness.model import compute_dtype
 from harness.technique import check_adapter_grads
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         optim=OPTIMIZERS[opt.name],
         lr_scheduler_type=opt.scheduler,
         warmup_steps=opt.warmup_ratio,  # a float < 1 is a ratio of total steps
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        **precision_flags(dtype),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=tr.gradient_checkpointing,
         torch_compile=use_compile(tr, n_train),
@@ -227,6 +227,11 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         disable_tqdm=True,
         dataset_num_proc=None,
     )
+
+
+def precision_flags(compute: torch.dtype) -> dict[str, bool]:
+    """The trainer's autocast flags for a compute dtype (model.compute_dtype resolves it)."""
+    return {"bf16": compute == torch.bfloat16, "fp16": compute == torch.float16}
 
 
 def _report_to(logger_cfg: DictConfig, log_dir: str) -> list[str]:
@@ -261,8 +266,8 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     datasets.disable_progress_bars()
     use_chat = tokenizer.chat_template is not None
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None, dtype, len(train_ds))
+    args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None,
+                      compute_dtype(cfg.model, cfg.technique), len(train_ds))
     if args.torch_compile:
         log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))
     guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback()

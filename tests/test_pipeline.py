@@ -275,3 +275,92 @@ def test_unknown_option_fails_at_composition(tmp_path):
         make_cfg(tmp_path, "technique=qlorra")
     with pytest.raises(MissingConfigException, match="model/llama9"):
         make_cfg(tmp_path, "model=llama9")
+
+
+# ---------------------------------------------------------------- precision and inference form
+
+@pytest.mark.parametrize("technique", ["full", "lora", "dora", "qlora"])
+@pytest.mark.parametrize("dtype, cuda, bf16_native, expect", [
+    ("bf16", False, False, "bf16"), ("fp32", False, False, "fp32"), ("fp16", True, True, "fp16"),
+    ("auto", True, True, "bf16"), ("auto", True, False, "fp32"), ("auto", False, False, "fp32"),
+])
+def test_precision_flags_come_from_the_compute_dtype(tmp_path, monkeypatch, technique, dtype,
+                                                     cuda, bf16_native, expect):
+    from harness.model import compute_dtype
+    from harness.train import precision_flags, sft_config
+
+    cfg = make_cfg(tmp_path, f"technique={technique}",
+                   f"{'technique.compute_dtype' if technique == 'qlora' else 'model.dtype'}={dtype}")
+    with monkeypatch.context() as m:  # the device is mocked for the resolution only
+        m.setattr(torch.cuda, "is_available", lambda: cuda)
+        m.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_native)
+        m.setattr("harness.model.cpu_has_avx512_bf16", lambda: False)
+        compute = compute_dtype(cfg.model, cfg.technique)
+    flags = precision_flags(compute)
+    assert flags == {"bf16": expect == "bf16", "fp16": expect == "fp16"}
+    if not cuda:  # TrainingArguments checks the real device: build it on this one
+        args = sft_config(cfg, tmp_path / "ckpt", True, compute)
+        assert (args.bf16, args.fp16) == (flags["bf16"], flags["fp16"])
+
+
+def test_qlora_trains_under_autocast_though_its_norms_are_fp32(tmp_path, monkeypatch):
+    """prepare_model_for_kbit_training upcasts embeddings and norms to fp32; the trainer's
+    flags must still say bf16 (they once came from the first parameter's dtype)."""
+    import harness.train
+
+    seen, real = [], harness.train.sft_config
+    monkeypatch.setattr(harness.train, "sft_config", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    cfg = make_cfg(tmp_path, "technique=qlora", "model.dtype=bf16", "technique.compute_dtype=bf16",
+                   "train.max_steps=2")
+    model, tok, splits = build(cfg)
+    assert next(model.parameters()).dtype == torch.float32  # the upcast embedding
+    train(model, tok, splits, cfg, tmp_path / "run")
+    assert seen[0].bf16 is True
+
+
+def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path):
+    """In bf16 an AdamW step of lr 5e-5 on a weight of ~0.05 rounds away: the weights must be
+    fp32 while training and nearly every one must move; evaluation gets them in bf16."""
+    from harness.model import compute_dtype
+    from harness.technique import for_inference
+
+    cfg = make_cfg(tmp_path, "technique=full", "model.dtype=bf16", "optimizer.lr=5e-5",
+                   "train.max_steps=3")
+    model, tok, splits = build(cfg)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    before = {n: p.detach().to(torch.bfloat16).clone() for n, p in model.named_parameters()}
+    train(model, tok, splits, cfg, tmp_path / "run")
+    model = for_inference(model, cfg.technique, compute_dtype(cfg.model, cfg.technique), "auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    moved = sum(int((p.detach() != before[n]).sum()) for n, p in model.named_parameters())
+    # 82% here; 56% when the same 3 steps update bf16 weights (embeddings of unseen tokens
+    # get no gradient either way). On SmolLM2 at 30 steps: mean field accuracy 0.64 vs 0.10.
+    assert moved / sum(p.numel() for p in model.parameters()) > 0.75
+
+
+@pytest.mark.parametrize("technique", ["lora", "dora", "qlora"])
+def test_evaluation_gets_the_merged_model_with_the_same_outputs(tmp_path, technique):
+    """eval.merge_adapters=auto merges every adapter on CPU (QLoRA onto its de-quantized
+    4-bit base): a plain model, no PEFT or 4-bit layer left, and the same logits to rounding."""
+    import bitsandbytes as bnb
+    from peft import PeftModel
+
+    from harness.model import compute_dtype
+    from harness.technique import for_inference
+
+    cfg = make_cfg(tmp_path, f"technique={technique}", "train.max_steps=6", "optimizer.lr=1e-2")
+    model, tok, splits = build(cfg)
+    train(model, tok, splits, cfg, tmp_path / "run")
+    batch = tok(["The order arrived broken.", "Refund please"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits.float()
+    assert for_inference(model, cfg.technique, torch.bfloat16, False) is model  # merge off
+    merged = for_inference(model, cfg.technique, compute_dtype(cfg.model, cfg.technique), "auto")
+    assert not isinstance(merged, PeftModel)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) or "lora" in n for n, m in merged.named_modules())
+    with torch.no_grad():
+        out = merged(**batch).logits.float()
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(out[mask], trained[mask], atol=0.1, rtol=0.05), (out - trained).abs().max()
+    assert (out[mask].argmax(-1) == trained[mask].argmax(-1)).float().mean() > 0.9
