@@ -26,12 +26,14 @@ TITLE = "Fine-tuning report"
 PROBLEMS = ("incomplete", "invalid")
 
 
-def summary_columns(summary: pd.DataFrame) -> dict[str, tuple[str, str]]:
+def summary_columns(summary: pd.DataFrame, metric: str = ACC) -> dict[str, tuple[str, str]]:
     """Display headers and formats of the per-technique table, benchmarks included."""
+    label = tables.metric_label(metric)
     columns = {"technique": ("technique", "text"), "complete": ("complete", "integer"),
                "pruned": ("pruned", "integer"), "failed": ("failed", "integer"),
-               "other": ("other", "integer"), "best_acc": ("best acc", "score"),
-               "median_acc": ("median acc", "score"), f"{ACC}_delta": ("acc Δ base", "delta")}
+               "other": ("other", "integer"), "best_acc": (f"best {label}", "score"),
+               "median_acc": (f"median {label}", "score"),
+               f"{metric}_delta": (f"{label} Δ base", "delta")}
     for column in summary.columns:
         if tables.BENCHMARK.match(column):
             _, bench, metric = column.split("/")
@@ -53,7 +55,7 @@ def pareto_columns(metric: str) -> dict[str, tuple[str, str]]:
             USD: ("USD", "dollars"), "config_hash": ("config hash", "hash"),
             "folder": ("folder", "text")}
 RUN_COLUMNS = {"config_hash": ("config hash", "hash"), "technique": ("technique", "text"),
-               "status": ("status", "text"), ACC: ("task acc", "score"),
+               "status": ("status", "text"), ACC: ("exact match", "score"),
                USD: ("USD", "dollars"), "sweep": ("sweep", "text"),
                "folder": ("folder", "text"), "reproduce": ("reproduce", "text"),
                "command": ("command", "text"), "reason": ("error / reason", "text")}
@@ -152,7 +154,7 @@ def build_blocks(runs: pd.DataFrame, source: Path, figures: dict[str, Path],
         ("h2", "Techniques"),
         ("p", "One row per technique. Scores and costs are medians over complete runs; "
               "Δ base is the change against the untuned base model."),
-        ("table", render.display(summary, summary_columns(summary))),
+        ("table", render.display(summary, summary_columns(summary, metric))),
         ("h2", "Accuracy for the money: the Pareto front"),
         ("p", "Complete runs that no other run beats on both task accuracy and dollars."),
         ("table", render.display(front, pareto_columns(metric))),
@@ -233,7 +235,7 @@ def write_report(source: str | Path, out: str | Path | None = None, sweep: str |
     best = tables.technique_best(runs, metric)
     pairs = tables.pairwise(best, metric)
     answer = tables.verdict(best, pairs, metric)
-    parts = {"summary": tables.technique_summary(runs), "metric": metric, "best": best,
+    parts = {"summary": tables.technique_summary(runs, metric), "metric": metric, "best": best,
              "front": tables.pareto_front(runs, y=metric), "pairs": pairs, "answer": answer}
     progress = tables.best_so_far(runs, load_studies(source, sweep=sweep), metric)
     importance, parts["importance_notes"] = tables.importances(source, sweep)

@@ -42,22 +42,22 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(frame[name], errors="coerce")
 
 
-def technique_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per technique label, best task accuracy first.
+def technique_summary(runs: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
+    """One row per technique label, best score first.
 
     Columns: technique, runs, complete, pruned, failed, other (running/incomplete/invalid),
-    best_acc and median_acc of `eval/task/acc`, then medians over complete runs of
-    `eval/task/acc_delta`, each benchmark score and its `_delta`, the cost columns, and
-    best_run (config hash of the most accurate run).
+    best_acc and median_acc of `metric` (the report's objective), then medians over complete
+    runs of `<metric>_delta`, each benchmark score and its `_delta`, the cost columns, and
+    best_run (config hash of the best-scoring run).
     """
     labelled = runs[runs["technique"].notna()]
-    metrics = [f"{ACC}_delta"]
+    metrics = [f"{metric}_delta"]
     for bench in benchmark_columns(runs):
         metrics += [bench, f"{bench}_delta"]
     rows = []
     for label, group in labelled.groupby("technique", sort=True):
         done = complete(group)
-        acc = _column(done, ACC)
+        acc = _column(done, metric)
         status = group["status"]
         row = {"technique": label, "runs": len(group),
                "complete": int((status == "complete").sum()),

@@ -19,6 +19,9 @@ from pathlib import Path
 from benchmarks.common import compose, machine, run_json, steady_tokens_per_s, table, write_section
 
 TECHNIQUES = ("full", "lora", "dora", "qlora")
+# `full_bf16`: full fine-tuning with bf16 weights and AdamW states, the harness before it kept
+# fp32 master weights; run it (--techniques full,full_bf16) to price the master weights.
+BASELINES = ("full_bf16",)
 NOTE = ('s/step is the mean over every step (the first ones included); tokens/s is steady state '
         "(after step 2) in non-pad tokens. On CPU, peak memory is the process's peak RSS (model "
         "load included), so the adapters' saving shows less than on a GPU; dtype is the first "
@@ -37,7 +40,7 @@ def measure(model: str, technique: str, steps: int, batch: int, packing: bool) -
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tech-"))
     cfg = compose([
-        f"model={model}", f"technique={technique}", "eval=none",
+        f"model={model}", f"technique={technique.removesuffix('_bf16')}", "eval=none",
         f"train.max_steps={steps}", f"train.batch_size={batch}", "train.eval_every=0",
         "train.save_every=0", f"train.packing={str(packing).lower()}",
         "dataset.demo.n_train=400", "dataset.demo.n_val=8", "dataset.demo.n_test=8",
@@ -47,6 +50,8 @@ def measure(model: str, technique: str, steps: int, batch: int, packing: bool) -
     model_obj, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
     splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
     model_obj = apply_technique(model_obj, cfg.technique)
+    if technique in BASELINES:
+        model_obj.to(torch.bfloat16)
     trainable, total = count_params(model_obj)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

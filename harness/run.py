@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from harness import offline
 from harness.cost import Timer, cost_metrics
 from harness.data import load_splits
-from harness.model import compute_dtype, load_model
+from harness.model import compute_dtype, load_model, model_folder
 from harness.record import Record, config_hash, load_record, run_dir
 from harness.technique import apply_technique, count_params, for_inference, validate_technique
 
@@ -53,9 +53,18 @@ def _pipeline(cfg: DictConfig, record: Record, evaluate, base_model_metrics) -> 
     from harness.train import train
 
     timer = Timer()
+    # Not this trial's cost: building the model cache (a GGUF converted once per machine).
+    model_folder(cfg.model, cfg.paths.cache_dir, cfg.seed)
     with timer("load"):
         model, tokenizer = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
         splits = load_splits(cfg.dataset, tokenizer, cfg.model.max_length)
+    # Nor the base model's scores, computed once per sweep and cached: scored before training,
+    # so lm-eval's first-use warm-up lands there and not on whichever trial happens to run first.
+    base = None
+    if cfg.eval.base_model and cfg.eval.tasks:
+        base = base_model_metrics(cfg, splits.test, Path(cfg.paths.cache_dir), cfg.seed)
+        record.update(base_metrics=base)
+    with timer("load"):
         # Adapter init draws from the global RNG, whose state depends on whether the model
         # cache was just built: seed right before it, or re-runs differ.
         set_seed(cfg.seed, deterministic=cfg.train.deterministic)
@@ -72,9 +81,7 @@ def _pipeline(cfg: DictConfig, record: Record, evaluate, base_model_metrics) -> 
         metrics = evaluate(model, tokenizer, cfg.eval, splits.test, record.folder / "eval", cfg.seed)
     del model
     gc.collect()
-    if cfg.eval.base_model and cfg.eval.tasks:
-        base = base_model_metrics(cfg, splits.test, Path(cfg.paths.cache_dir), cfg.seed)
-        record.update(base_metrics=base)
+    if base is not None:
         metrics.update(deltas(metrics, base))
     costs, device = cost_metrics(cfg.cost, timer.seconds, result.train_tokens, trainable, total)
     record.update(env=device)
