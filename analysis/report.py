@@ -36,8 +36,8 @@ def summary_columns(summary: pd.DataFrame, metric: str = ACC) -> dict[str, tuple
                f"{metric}_delta": (f"{label} Δ base", "delta")}
     for column in summary.columns:
         if tables.BENCHMARK.match(column):
-            _, bench, metric = column.split("/")
-            columns[column] = (f"{bench} {metric}", "general" if metric == "ppl" else "score")
+            _, bench, name = column.split("/")
+            columns[column] = (f"{bench} {name}", "general" if name == "ppl" else "score")
             columns[f"{column}_delta"] = (f"{bench} Δ base", "delta")
     # A delta no run has (base model not scored) would be a column of dashes.
     columns = {k: v for k, v in columns.items()
