@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.trial.record import deltas
+
 FORMAT_VERSION = 1  # the record format this reader understands (harness/record.py)
 STATUSES = ("running", "complete", "failed", "pruned")
 REQUIRED = ("config_hash", "status", "created_at", "config", "metrics")
@@ -88,11 +90,10 @@ def _problem(data: dict) -> tuple[str | None, str | None]:
 def _metrics(data: dict) -> dict[str, float]:
     metrics = {k: as_number(v) for k, v in (data.get("metrics") or {}).items()}
     base = data.get("base_metrics") if isinstance(data.get("base_metrics"), dict) else {}
-    for key, value in base.items():
-        metrics[f"base/{key}"] = as_number(value)
-        # Older runs may have the base scores but no delta: derive it the way run.py does.
-        if key in metrics and f"{key}_delta" not in metrics:
-            metrics[f"{key}_delta"] = metrics[key] - as_number(value)
+    base = {key: as_number(value) for key, value in base.items()}
+    metrics.update({f"base/{key}": value for key, value in base.items()})
+    for key, value in deltas(metrics, base).items():  # older runs may have no deltas
+        metrics.setdefault(key, value)
     total = metrics.get("params/total")
     if "params/trainable_share" not in metrics and total:
         metrics["params/trainable_share"] = metrics.get("params/trainable", math.nan) / total

@@ -21,7 +21,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.schema import register_configs
+    from harness.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -32,7 +32,7 @@ def machine() -> str:
     """One line: device, CPU, cores, key package versions, date."""
     import torch
 
-    from harness.record import package_versions
+    from harness.trial.record import package_versions
 
     if torch.cuda.is_available():
         device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"

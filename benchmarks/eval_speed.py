@@ -3,7 +3,7 @@ against saving it and reloading it from disk for lm-eval (the usual round trip).
 
     python -m benchmarks.eval_speed [--model smollm2_135m] [--questions 24]
 
-One process, one LoRA-wrapped model. `in memory`: `harness.evaluate.evaluate` hands the PEFT
+One process, one LoRA-wrapped model. `in memory`: `harness.stages.evaluate.evaluate` hands the PEFT
 model object to lm-eval's HFLM. `reload`: merge the adapter, `save_pretrained` to a temporary
 folder, `from_pretrained` it back (as `lm_eval --model hf --model_args pretrained=DIR` would,
 minus that command's interpreter start-up, which is not counted) and run the same evaluation.
@@ -32,17 +32,16 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from harness.evaluate import evaluate
-    from harness.model import load_model
-    from harness.technique import apply_technique
+    from harness.stages.evaluate import evaluate
+    from harness.trial.run import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     cfg = compose([f"model={model_name}", "technique=lora", "eval.tasks=[mmlu]",
                    f"eval.limit={args.questions}", f"eval.limits.mmlu={args.questions}",
-                   f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", f"paths.log_dir={tmp}"])
-    base, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-    dtype = base.dtype
-    model = apply_technique(base, cfg.technique)
+                   f"paths.output_dir={tmp}", f"paths.log_dir={tmp}"])
+    ready = prepare(cfg)
+    model, tok = ready.model, ready.tokenizer
+    dtype = model.get_base_model().dtype
 
     start = time.perf_counter()
     in_memory = evaluate(model, tok, cfg.eval, [], tmp / "in_memory", cfg.seed)

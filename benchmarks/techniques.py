@@ -32,11 +32,10 @@ def measure(model: str, technique: str, steps: int, batch: int, packing: bool) -
     """One technique, in this process: load, apply, train `steps` steps, measure."""
     import torch
 
-    from harness.cost import peak_memory_gb
-    from harness.data import load_splits
-    from harness.model import load_model
-    from harness.technique import apply_technique, count_params
-    from harness.train import train
+    from harness.stages.cost import peak_memory_gb
+    from harness.stages.technique import count_params
+    from harness.stages.train import train
+    from harness.trial.run import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tech-"))
     cfg = compose([
@@ -44,12 +43,11 @@ def measure(model: str, technique: str, steps: int, batch: int, packing: bool) -
         f"train.max_steps={steps}", f"train.batch_size={batch}", "train.eval_every=0",
         "train.save_every=0", f"train.packing={str(packing).lower()}",
         "dataset.demo.n_train=400", "dataset.demo.n_val=8", "dataset.demo.n_test=8",
-        "optimizer.lr=1e-4", f"paths.output_dir={tmp}", f"paths.root_dir={tmp}",
+        "optimizer.lr=1e-4", f"paths.output_dir={tmp}",
         f"paths.log_dir={tmp}",
     ])
-    model_obj, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-    splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
-    model_obj = apply_technique(model_obj, cfg.technique)
+    ready = prepare(cfg)
+    model_obj, tok, splits = ready.model, ready.tokenizer, ready.splits
     if technique in BASELINES:
         model_obj.to(torch.bfloat16)
     trainable, total = count_params(model_obj)

@@ -5,7 +5,7 @@ plus model FLOPs utilisation against this machine's matmul peak measured in the 
 
 Three sides, each in its own process, on the same model, LoRA settings, rows and seed:
 
-- `harness`: `harness.train.train` with the harness's defaults (length-grouped batches, no
+- `harness`: `harness.stages.train.train` with the harness's defaults (length-grouped batches, no
   gradient checkpointing, plain cross-entropy off CUDA, torch.compile as auto turns it on for
   the default 400-step trial, and the attention model.attn_implementation=auto picks: eager
   for bf16 on CPU).
@@ -49,9 +49,8 @@ SPEEDUP_TARGET, OVERHEAD_TARGET, MFU_TARGET = 1.5, 0.05, 0.45
 
 
 def _setup(model: str, steps: int, batch: int, overrides: list[str] | tuple = ()):
-    from harness.data import load_splits
-    from harness.model import load_model
-    from harness.technique import apply_technique, count_params
+    from harness.stages.technique import count_params
+    from harness.trial.run import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tput-"))
     cfg = compose([
@@ -61,11 +60,10 @@ def _setup(model: str, steps: int, batch: int, overrides: list[str] | tuple = ()
         "train.compile=true",
         f"train.batch_size={batch}", "train.eval_every=0", "train.save_every=0",
         "dataset.demo.n_train=400", "dataset.demo.n_val=8", "dataset.demo.n_test=8",
-        f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", f"paths.log_dir={tmp}", *overrides,
+        f"paths.output_dir={tmp}", f"paths.log_dir={tmp}", *overrides,
     ])
-    model_obj, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-    splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
-    model_obj = apply_technique(model_obj, cfg.technique)
+    ready = prepare(cfg)
+    model_obj, tok, splits = ready.model, ready.tokenizer, ready.splits
     trainable, total = count_params(model_obj)
     return cfg, model_obj, tok, splits, tmp, trainable, total
 
@@ -77,8 +75,9 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from harness.data import to_trl
-    from harness.train import HistoryCallback, sft_config
+    from harness.stages.callbacks import HistoryCallback
+    from harness.stages.data import to_trl
+    from harness.stages.train import Progress, sft_config
 
     use_chat = tok.chat_template is not None
     train_ds = Dataset.from_list([to_trl(r, use_chat) for r in splits.train])
@@ -94,7 +93,7 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
             logging_steps=1, disable_tqdm=True,
             include_num_input_tokens_seen="non_padding",  # measurement only
         )
-    history = HistoryCallback(every=10**9)  # measurement only: tokens and seconds per step
+    history = HistoryCallback(Progress(), every=10**9)  # measurement only: tokens and seconds per step
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                          callbacks=[history])
     trainer.train()
@@ -106,7 +105,7 @@ def attention_flops_per_token(model, tok, rows: list[dict], max_length: int) -> 
     6 L d T^2 per row of T tokens (QK^T and AV forward 2 L d T^2, backward twice that), summed
     over the rows and divided by their tokens. Mean over the whole training split: the
     measured window is a length-grouped sample of it."""
-    from harness.data import token_length
+    from harness.stages.data import token_length
 
     c = model.config
     width = c.num_attention_heads * (getattr(c, "head_dim", None)
@@ -117,7 +116,7 @@ def attention_flops_per_token(model, tok, rows: list[dict], max_length: int) -> 
 
 def measure(model_name: str, side: str, steps: int, batch: int,
             overrides: list[str] | tuple = ()) -> dict:
-    from harness.train import train
+    from harness.stages.train import train
 
     if side == "trl_default":  # a user's script loads the model with transformers' default
         overrides = ["model.attn_implementation=sdpa", *overrides]

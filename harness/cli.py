@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness import offline
-from harness.schema import register_configs
+from harness.config import offline
+from harness.config.schema import register_configs
 
 log = logging.getLogger("harness")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,17 +26,15 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def _train(cfg: DictConfig) -> dict[str, float]:
-    from harness.errors import HarnessError
-    from harness.run import run
+    from harness.config.errors import HarnessError
 
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
     if cfg.trial.worker is not None:  # a worker of an asynchronous sweep: many trials
-        from harness.sweep_worker import work
+        from harness.sweep.workers import work
 
-        return work(cfg, run)
+        return work(cfg, run_trial)
     try:
-        return run(cfg, overrides)
+        return run_trial(cfg, list(hydra_cfg.overrides.task))
     except HarnessError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the trial as failed and goes on
@@ -44,23 +42,53 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         sys.exit(2)
 
 
+def run_trial(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
+    """One trial, with the sweep's pruning monitors when the sweeper named its Optuna trial."""
+    from harness.trial.run import run
+
+    monitors = []
+    if cfg.trial.study_name is not None:
+        from harness.sweep.pruning import trial_monitors
+
+        monitors = trial_monitors(cfg)
+    return run(cfg, overrides, monitors)
+
+
 def train_main() -> None:
     offline.configure("auto")  # before transformers / datasets are imported
     _train()
 
 
+def _sweeps() -> dict[str, str]:
+    """Sweep file name -> its one-line description (the first comment after its usage line)."""
+    found = {}
+    for path in sorted((PROJECT_ROOT / "sweeps").glob("*.yaml")):
+        lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+        lines = [ln for ln in lines if not ln.startswith(("@package", "harness-sweep"))]
+        paragraph = " ".join(lines[:next((i for i, ln in enumerate(lines[1:], 1) if not ln),
+                                         len(lines))]).strip()
+        about = paragraph.split("? ")[0].split(". ")[0].split(": ")[0]
+        found[path.stem] = about if len(about) <= 80 else about[:77].rsplit(" ", 1)[0] + " ..."
+    return found
+
+
 def sweep_main() -> None:
     """`harness-sweep NAME [overrides]` = `harness-train --multirun +sweeps=NAME [overrides]`."""
-    args = sys.argv[1:]
+    args, sweeps = sys.argv[1:], _sweeps()
     if not args or args[0].startswith("-") or "=" in args[0]:
-        names = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
-        print(f"usage: harness-sweep NAME [overrides]   (sweeps: {', '.join(names)})")
-        sys.exit(2)
+        width = max(map(len, sweeps), default=0)
+        print("usage: harness-sweep NAME [overrides]   (= harness-train --multirun "
+              "+sweeps=NAME [overrides])\n\nsweeps (sweeps/NAME.yaml):")
+        print("\n".join(f"  {name:<{width}}  {about}" for name, about in sweeps.items()))
+        if args and args[0] in ("-h", "--help"):
+            print()
+            sys.argv = [sys.argv[0], "--help"]
+            train_main()
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     name, rest = args[0], args[1:]
-    if not (PROJECT_ROOT / "sweeps" / f"{name}.yaml").exists():
-        names = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
+    if name not in sweeps:
         print(f"harness-sweep: no sweep {name!r} in {PROJECT_ROOT / 'sweeps'} "
-              f"(known: {', '.join(names)})", file=sys.stderr)
+              f"(known: {', '.join(sweeps)})", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], "--multirun", f"+sweeps={name}", *rest]
     train_main()

@@ -4,8 +4,9 @@
         cfg = compose_cfg(["technique=dora"], tmp_path)            # task config
         full = compose_cfg(["+sweeps=smoke"], tmp_path, hydra=True)  # plus the hydra node
 
-Forced: model=tiny_random, eval=smoke, every path under tmp_path, no logger. Nothing here
-downloads: the hub is off for the whole session.
+Forced: model=tiny_random, eval=smoke, every path under tmp_path (the model cache is shared
+by the session, or $HARNESS_CACHE), no logger. Nothing here downloads: the hub is off for the
+whole session. Every test composes through here.
 """
 
 from __future__ import annotations
@@ -18,37 +19,49 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from harness.schema import register_configs
+from harness.config.schema import register_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
+ASSETS = ROOT / "tests" / "assets"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HARNESS_OFFLINE"):
+    os.environ[_var] = "1"  # no test may touch the network
 register_configs()
 
 
-def tiny_overrides(tmp_path: Path) -> list[str]:
+def tiny_overrides(out: Path, cache: Path | None = None) -> list[str]:
     """The overrides that shrink any composition to the test setup (CLI runs use them too)."""
+    cache = cache or Path(os.environ.get("HARNESS_CACHE", out / "cache"))
     return [
         "model=tiny_random", "eval=smoke", "logger=none",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.root_dir={tmp_path}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={os.environ.get('HARNESS_CACHE', tmp_path / 'cache')}",
+        f"paths.output_dir={out / 'outputs'}",
+        f"paths.log_dir={out / 'logs'}", f"paths.cache_dir={cache}",
     ]
 
 
-def _compose(overrides: list[str], tmp_path: Path, hydra: bool = False) -> DictConfig:
-    # Later overrides win, so the caller's come after the forced ones.
+def compose_config(overrides: list[str], out: Path, cache: Path | None = None,
+                   hydra: bool = False) -> DictConfig:
+    """The real conf/ with the test overrides; the caller's come after them and win."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*tiny_overrides(tmp_path), *overrides],
+        return compose("config", overrides=[*tiny_overrides(out, cache), *overrides],
                        return_hydra_config=hydra)
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """The model cache of the session: each tiny random model is built once."""
+    return Path(os.environ.get("HARNESS_CACHE") or tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
-def compose_cfg() -> Callable[..., DictConfig]:
+def compose_cfg(cache_dir) -> Callable[..., DictConfig]:
     """`compose_cfg(overrides, tmp_path, hydra=False)`: the real conf/, shrunk for tests."""
-    return _compose
+
+    def make(overrides: list[str], tmp_path: Path, hydra: bool = False) -> DictConfig:
+        return compose_config(overrides, tmp_path, cache_dir, hydra)
+
+    return make
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -37,7 +37,7 @@ def test_attention_flops_are_half_what_torch_counts_for_full_scores():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.data import token_length
+    from harness.stages.data import token_length
 
     _, model, tok, splits, *_ = throughput._setup(
         "tiny_random", 1, 1, ["train.compile=false", "model.attn_implementation=sdpa"])

@@ -1,4 +1,4 @@
-"""The learning-curve pruner (harness/curve_pruner.py) on Optuna studies built by hand.
+"""The learning-curve pruner (harness/sweep/curve_pruner.py) on Optuna studies built by hand.
 
 The curves are shaped like the recorded ones of sweeps/pruning_benchmark.yaml (BENCHMARKS.md):
 validation loss 7.62 before training, a learning rate too low barely moves it, a good one
@@ -14,9 +14,9 @@ import optuna
 import pytest
 import yaml
 
-from harness.curve_pruner import LearningCurvePruner
-from harness.errors import ConfigError
-from harness.sweep_study import make_pruner
+from harness.config.errors import ConfigError
+from harness.sweep.curve_pruner import LearningCurvePruner
+from harness.sweep.study import make_pruner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parent.parent

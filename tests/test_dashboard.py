@@ -15,15 +15,16 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness import dashboard, sweep_study
+from harness.sweep import dashboard
+from harness.sweep import study as study_lib
 
-OBJECTIVES = [sweep_study.Objective("eval/task/field_acc", "maximize"),
-              sweep_study.Objective("cost/usd", "minimize")]
+OBJECTIVES = [study_lib.Objective("eval/task/field_acc", "maximize"),
+              study_lib.Objective("cost/usd", "minimize")]
 
 
 def make_study(folder: Path, name: str = "shootout", trials: int = 3) -> str:
     url = f"sqlite:///{folder / 'study.db'}"
-    study = sweep_study.open_study(name, url, OBJECTIVES)
+    study = study_lib.open_study(name, url, OBJECTIVES)
     for i in range(trials):
         study.add_trial(optuna.trial.create_trial(
             params={"technique": ["lora", "full", "qlora"][i % 3]},
@@ -70,7 +71,7 @@ def test_dashboard_shows_the_study_in_chromium(tmp_path: Path, chromium):
 
     make_study(tmp_path)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "harness.dashboard", str(tmp_path),
+    server = subprocess.Popen([sys.executable, "-m", "harness.sweep.dashboard", str(tmp_path),
                                "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:

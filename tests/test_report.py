@@ -147,10 +147,10 @@ def test_malformed_records_never_crash_the_report(tmp_path: Path, text: str, sta
 
 
 def test_reads_records_written_by_the_harness(tmp_path: Path):
-    """The producer's own writer (harness.record.Record), not a hand-made dict."""
+    """The producer's own writer (harness.trial.record.Record), not a hand-made dict."""
     from omegaconf import OmegaConf
 
-    from harness.record import Record, run_dir
+    from harness.trial.record import Record, run_dir
 
     cfg = OmegaConf.create({"technique": {"name": "qlora", "r": 8, "target_modules": ["q_proj"]},
                             "optimizer": {"lr": 1e-4}, "offline": "auto",
@@ -370,13 +370,13 @@ def test_html_renders_in_headless_chromium(outputs: Path, tmp_path: Path, chromi
 def test_hyperparameter_importance_needs_enough_trials(outputs: Path, tmp_path: Path):
     import optuna
 
-    from harness import sweep_study
+    from harness.sweep import study as study_lib
 
-    objectives = [sweep_study.Objective("eval/task/field_acc", "maximize"),
-                  sweep_study.Objective("cost/usd", "minimize")]
+    objectives = [study_lib.Objective("eval/task/field_acc", "maximize"),
+                  study_lib.Objective("cost/usd", "minimize")]
     folder = outputs / "sweeps" / "s1"
     folder.mkdir(parents=True)
-    study = sweep_study.open_study("s1", f"sqlite:///{folder / 'study.db'}", objectives)
+    study = study_lib.open_study("s1", f"sqlite:///{folder / 'study.db'}", objectives)
     space = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
              "technique.r": optuna.distributions.CategoricalDistribution([8, 16, 32])}
     for i in range(3):

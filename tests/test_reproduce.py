@@ -20,7 +20,7 @@ def test_reproduce_gives_zero_deltas_and_flags_drift(tmp_path):
     subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, env=env,
                    check=True, capture_output=True)
     folder = next((out / "runs").iterdir())
-    cmd = [sys.executable, "-m", "harness.reproduce", folder.name[:10], "--outputs", str(out)]
+    cmd = [sys.executable, "-m", "harness.trial.reproduce", folder.name[:10], "--outputs", str(out)]
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "outside tolerance" not in rerun.stdout
@@ -38,7 +38,7 @@ def test_reproduce_gives_zero_deltas_and_flags_drift(tmp_path):
 
 
 def test_unknown_hash_is_a_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "harness.reproduce", "deadbeef", "--outputs", str(tmp_path)]
+    cmd = [sys.executable, "-m", "harness.trial.reproduce", "deadbeef", "--outputs", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2
     assert "no run with hash prefix 'deadbeef'" in out.stderr

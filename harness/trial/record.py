@@ -12,16 +12,19 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.files import atomic_write_text
+
 FORMAT_VERSION = 1
-# Top-level nodes that never change what a run computes.
+# Top-level nodes that never change what a run computes: left out of the hash, and overrides
+# of them are left out of a run's command (`changes_run`).
 UNHASHED = ("paths", "logger", "trial", "hydra", "task_name", "offline")
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "bitsandbytes", "lm_eval", "datasets",
@@ -60,7 +63,7 @@ def hashed_config(cfg: DictConfig) -> dict:
 
 def config_hash(cfg: DictConfig) -> str:
     """sha256 of canonical JSON of the hashed config plus the dataset content fingerprint."""
-    from harness.data import dataset_fingerprint
+    from harness.stages.data import dataset_fingerprint
 
     payload = {
         "config": _canonical(hashed_config(cfg)),
@@ -71,27 +74,31 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def changes_run(override: str) -> bool:
+    """Whether a command-line override (`technique=lora`, `+trial.number=3`,
+    `hydra.sweep.dir=...`) can change what the run computes, by UNHASHED."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key.split(".", 1)[0].split("/", 1)[0] not in UNHASHED
+
+
+def run_command(overrides: list[str]) -> str:
+    """The `harness-train` command that runs the same experiment."""
+    return shlex.join(["harness-train", *(o for o in overrides if changes_run(o))])
+
+
+def deltas(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """`<metric>_delta` = trained - base, for every eval score the base model also has."""
+    return {f"{k}_delta": v - base[k] for k, v in metrics.items()
+            if k.startswith("eval/") and k in base and not k.endswith(("_stderr", "_delta"))
+            and v is not None and base[k] is not None}
+
+
 def runs_dir(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "runs"
 
 
 def run_dir(output_dir: str | os.PathLike, chash: str) -> Path:
     return runs_dir(output_dir) / chash
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes via a temp file in the same folder and os.replace: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(obj: Any) -> Any:

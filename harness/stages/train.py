@@ -12,31 +12,49 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
-from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 import harness
-from harness.data import Splits, to_trl
-from harness.errors import ConfigError, TrainingError
-from harness.model import compute_dtype
-from harness.technique import check_adapter_grads
+from harness.config.errors import ConfigError
+from harness.stages import logger, optimizer
+from harness.stages.data import Splits, to_trl
+from harness.stages.model import compute_dtype
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}
-SCHEDULERS = ("cosine", "linear", "constant")
-# train.compile=null (auto) compiles runs of at least this many optimizer steps. Measured on 2
-# CPU cores (bf16 LoRA, SmolLM2-135M, eager attention, benchmarks.throughput's harness side,
-# 2026-11-24): 300 tokens/s (~4.1 s a step) uncompiled, ~410 (~3.0 s) compiled. The compiles
-# cost 458 s with an empty kernel cache and ~175 s once keep_compiled_kernels' folder holds the
-# kernels, so they pay back after ~160 steps (~420 the very first time on a machine). 200
-# leaves room for machines where compiling is slower or gains less (AVX2-only fp32 CPUs: not
-# measured).
+# train.compile=null (auto) compiles runs of at least this many optimizer steps, where the
+# one-off compile has paid for itself (measured: BENCHMARKS.md "When compiling pays back").
 COMPILE_MIN_STEPS = 200
+
+
+class Monitor(Protocol):
+    """Watches a trial's validation metrics; what a sweep hands a trial to prune it
+    (harness.sweep.pruning). The train stage knows nothing else of sweeps."""
+
+    eval_on_start: bool  # also evaluate before the first step (a first rate of improvement)
+
+    def report(self, metrics: Mapping[str, float], step: int) -> str | None:
+        """Called at every validation with `eval/...` metrics; returns why training should
+        stop now, or None to go on."""
+
+
+@dataclass
+class Progress:
+    """What training has done so far. The caller owns it, so a trial that fails or is stopped
+    still knows the steps, tokens and seconds it spent."""
+
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    train_tokens: int = 0
+    train_s: float = 0.0
+    stopped_at: int | None = None  # the step a monitor stopped training at
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -49,24 +67,6 @@ class TrainResult:
     grad_norm_first_step: float | None
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-class GuardCallback(TrainerCallback):
-    """Fails loudly instead of training on silently: zero adapter gradients after the first
-    backward pass, or a non-finite loss at any logged step."""
-
-    def __init__(self, check_grads: bool):
-        self.check_grads = check_grads
-        self.first_grad_norm: float | None = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.check_grads and self.first_grad_norm is None:
-            self.first_grad_norm = check_adapter_grads(model)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError(f"training loss became {loss} at step {state.global_step}")
 
 
 @contextlib.contextmanager
@@ -84,34 +84,6 @@ def kept_random_state():
         yield
     random.setstate(py)
     np.random.set_state(npy)
-
-
-class HistoryCallback(TrainerCallback):
-    """Collects logged losses with slash names and logs progress every `every` steps."""
-
-    def __init__(self, every: int = 10):
-        self.history: list[dict] = []
-        self.every = every
-        self.start = time.perf_counter()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        entry = {"step": state.global_step}
-        if "loss" in logs:
-            entry["train/loss"] = float(logs["loss"])
-        if "eval_loss" in logs:
-            entry["eval/loss"] = float(logs["eval_loss"])
-        if len(entry) > 1:
-            # Tokens and seconds so far: steady-state throughput skips the first steps.
-            entry["tokens"] = int(state.num_input_tokens_seen)
-            entry["time_s"] = round(time.perf_counter() - self.start, 4)
-            self.history.append(entry)
-        if "eval/loss" in entry or ("train/loss" in entry and state.global_step % self.every == 0):
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "step")
-            log.info("step %d/%d  %s", state.global_step, state.max_steps, shown)
 
 
 def _trainer_class():
@@ -167,22 +139,26 @@ def use_compile(train_cfg: DictConfig, n_train: int | None = None) -> bool:
     return steps >= COMPILE_MIN_STEPS
 
 
+def validate_train(tr: DictConfig) -> None:
+    if tr.batch_size <= 0 or tr.grad_accum <= 0:
+        raise ConfigError("train.batch_size and train.grad_accum must be > 0")
+    if tr.max_steps <= 0 and not tr.epochs > 0:
+        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+    for key in ("eval_every", "save_every", "early_stopping_patience"):
+        if tr[key] < 0:
+            raise ConfigError(f"train.{key}={tr[key]}: must be >= 0")
+    if tr.max_eval_rows < 1:
+        raise ConfigError(f"train.max_eval_rows={tr.max_eval_rows}: must be >= 1")
+
+
 def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype,
                n_train: int | None = None):
     """SFTConfig from our config groups; every default that changes results is explicit."""
     from trl import SFTConfig
 
-    opt, tr = cfg.optimizer, cfg.train
-    if opt.name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name={opt.name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if opt.scheduler not in SCHEDULERS:
-        raise ConfigError(f"optimizer.scheduler={opt.scheduler!r}: choose {', '.join(SCHEDULERS)}")
-    if not opt.lr > 0:
-        raise ConfigError(f"optimizer.lr={opt.lr}: the learning rate must be > 0")
-    if tr.batch_size <= 0 or tr.grad_accum <= 0:
-        raise ConfigError("train.batch_size and train.grad_accum must be > 0")
-    if tr.max_steps <= 0 and not tr.epochs > 0:
-        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+    tr = cfg.train
+    optimizer.validate_optimizer(cfg.optimizer)
+    validate_train(tr)
     evaluate = has_val and tr.eval_every > 0
     early = evaluate and tr.early_stopping_patience > 0
     save_steps = tr.eval_every if early else tr.save_every  # best-model reload needs both aligned
@@ -193,14 +169,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         per_device_train_batch_size=tr.batch_size,
         per_device_eval_batch_size=tr.batch_size,
         gradient_accumulation_steps=tr.grad_accum,
-        learning_rate=opt.lr,
-        weight_decay=opt.weight_decay,
-        adam_beta1=opt.betas[0],
-        adam_beta2=opt.betas[1],
-        max_grad_norm=opt.max_grad_norm,
-        optim=OPTIMIZERS[opt.name],
-        lr_scheduler_type=opt.scheduler,
-        warmup_steps=opt.warmup_ratio,  # a float < 1 is a ratio of total steps
+        **optimizer.trainer_args(cfg.optimizer),
         **precision_flags(dtype),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=tr.gradient_checkpointing,
@@ -218,7 +187,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         metric_for_best_model="eval_loss" if early else None,
         logging_steps=1,
         logging_nan_inf_filter=False,  # a NaN loss must reach GuardCallback, not be averaged away
-        report_to=_report_to(cfg.logger, cfg.paths.log_dir),
+        report_to=logger.report_to(cfg.logger, cfg.paths.log_dir),
         seed=cfg.seed,
         data_seed=cfg.seed,
         full_determinism=tr.deterministic,
@@ -234,21 +203,6 @@ def precision_flags(compute: torch.dtype) -> dict[str, bool]:
     return {"bf16": compute == torch.bfloat16, "fp16": compute == torch.float16}
 
 
-def _report_to(logger_cfg: DictConfig, log_dir: str) -> list[str]:
-    """Trainer integrations; their files stay inside the run's log dir (wandb offline)."""
-    logger = logger_cfg.name
-    if logger == "wandb":
-        os.environ["WANDB_MODE"] = logger_cfg.mode  # offline unless the user says online
-        os.environ.setdefault("WANDB_PROJECT", logger_cfg.project)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(log_dir) / "tensorboard"))
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        os.environ.setdefault(var, str(Path(log_dir) / "wandb"))
-    loggers = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"]}
-    if logger not in loggers:
-        raise ConfigError(f"logger.name={logger!r}: choose one of {', '.join(loggers)}")
-    return loggers[logger]
-
-
 def _datasets(splits: Splits, cfg: DictConfig, use_chat: bool):
     from datasets import Dataset
 
@@ -259,19 +213,24 @@ def _datasets(splits: Splits, cfg: DictConfig, use_chat: bool):
 
 
 def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
-          callbacks: list | None = None) -> TrainResult:
-    """Trains in place; resumes from the run's last checkpoint when there is one."""
+          monitors: Sequence[Monitor] = (), progress: Progress | None = None) -> TrainResult:
+    """Trains in place; resumes from the run's last checkpoint when there is one. `progress`
+    (the caller's) is kept up to date at every step, also when training raises."""
     import datasets
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    from harness.stages.callbacks import GuardCallback, HistoryCallback, MonitorCallback
 
     datasets.disable_progress_bars()
+    progress = progress if progress is not None else Progress()
     use_chat = tokenizer.chat_template is not None
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None,
                       compute_dtype(cfg.model, cfg.technique), len(train_ds))
     if args.torch_compile:
         log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))
-    guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback()
-    extra = [guard, history, *(callbacks or [])]
+    guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback(progress)
+    extra = [guard, history, MonitorCallback(monitors, progress)]
     if args.load_best_model_at_end:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = _trainer_class()(
@@ -285,25 +244,21 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
         log.info("resuming from the last checkpoint in %s", run_dir / "checkpoints")
     # The learning-curve pruner's first rate of improvement needs a report at step 0.
     start_eval = (args.eval_strategy != "no" and not resume
-                  and any(getattr(cb, "eval_on_start", False) for cb in callbacks or []))
+                  and any(getattr(m, "eval_on_start", False) for m in monitors))
     start = time.perf_counter()
-    try:
-        if start_eval:
-            with kept_random_state():  # the training then runs exactly as without it
-                trainer.evaluate()
+    if start_eval:
+        with kept_random_state():  # the training then runs exactly as without it
+            trainer.evaluate()
+    if progress.stopped_at is None:
         trainer.train(resume_from_checkpoint=True if resume else None)
-    except BaseException as exc:  # pruned, failed or interrupted: what was spent still counts
-        exc.partial = {"history": history.history,
-                       "train_tokens": int(trainer.state.num_input_tokens_seen),
-                       "steps": int(trainer.state.global_step),
-                       "train_s": time.perf_counter() - start}
-        raise
     train_s = time.perf_counter() - start
+    state = trainer.state
+    progress.steps, progress.train_tokens = int(state.global_step), int(state.num_input_tokens_seen)
+    progress.train_s = train_s
     losses = [h["train/loss"] for h in history.history if "train/loss" in h]
     evals = [h["eval/loss"] for h in history.history if "eval/loss" in h]
-    if val_ds is not None and not evals:  # final validation loss for the record
-        evals = [trainer.evaluate()["eval_loss"]]
-    state = trainer.state
+    if val_ds is not None and not evals and progress.stopped_at is None:
+        evals = [trainer.evaluate()["eval_loss"]]  # final validation loss for the record
     return TrainResult(
         steps=state.global_step,
         train_loss=sum(losses[-5:]) / max(len(losses[-5:]), 1) if losses else float("nan"),

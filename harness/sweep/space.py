@@ -33,12 +33,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError
+from harness.config.errors import ConfigError
+from harness.trial.record import changes_run
 
 KINDS = ("categorical", "int", "float", "fixed")
 SPEC_KEYS = {"type", "choices", "low", "high", "log", "step", "when"}
 _SAFE = re.compile(r"[A-Za-z_/][\w./:@-]*")
-NOT_IN_COMMAND = ("trial.", "hydra.", "paths.")  # overrides that do not change a run
 _RESERVED = {"true", "false", "null", "none", "nan", "inf", "+inf", "-inf"}
 
 
@@ -293,6 +293,6 @@ def describe(space: list[Param]) -> list[str]:
 
 def adhoc_name(space: list[str], passthrough: list[str], objectives: list) -> str:
     """Ad-hoc sweeps are named by what they search, so the same command resumes its study."""
-    kept = sorted(o for o in passthrough if not o.lstrip("+~").startswith(NOT_IN_COMMAND))
+    kept = sorted(o for o in passthrough if changes_run(o))
     text = json.dumps([space, kept, objectives], sort_keys=True, default=str)
     return "adhoc-" + hashlib.sha256(text.encode()).hexdigest()[:8]

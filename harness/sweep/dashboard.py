@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness import sweep_study
+from harness.sweep import study as study_lib
 
 DEFAULT = Path("outputs") / "sweeps"
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     url = storage_url(args.target)
     from optuna_dashboard import run_server
 
-    storage = sweep_study.open_storage(url)
+    storage = study_lib.open_storage(url)
     print(f"harness-dashboard: {url} on http://{args.host}:{args.port}/dashboard/", flush=True)
     run_server(storage, host=args.host, port=args.port)
     return 0

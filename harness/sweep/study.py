@@ -1,7 +1,7 @@
 """The Optuna side of a sweep: storage, sampler, pruner, the study, and what a record tells it.
 
 Used by the sweeper (hydra_plugins/harness_sweeper) in the sweep process and by
-harness/pruning.py in each trial process, which may be another process or another machine:
+harness/sweep/pruning.py in each trial process, which may be another process or another machine:
 everything a trial needs to rebuild the pruner is stored in the study itself
 (`study.user_attrs["harness"]`).
 """
@@ -22,9 +22,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness.curve_pruner import LearningCurvePruner
-from harness.errors import ConfigError
-from harness.record import pid_alive
+from harness.config.errors import ConfigError
+from harness.sweep.curve_pruner import LearningCurvePruner
+from harness.trial.record import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.record import find_by_prefix, git_commit, load_record, package_versions
+from harness.trial.record import (
+    changes_run,
+    find_by_prefix,
+    git_commit,
+    load_record,
+    package_versions,
+)
 
 TIMING = ("cost/", "mem/", "perf/tokens_per_s", "perf/flops_per_s")
 GPU_TOLERANCE = 0.02
@@ -57,8 +63,7 @@ def compare(recorded: dict[str, float], new: dict[str, float], tolerance: float)
 
 
 def rerun(record: dict, fresh: Path) -> dict:
-    kept = [o for o in record.get("overrides", [])
-            if not o.startswith(("paths.output_dir=", "trial.", "hydra.", "+trial."))]
+    kept = [o for o in record.get("overrides", []) if changes_run(o)]
     cmd = [sys.executable, "-m", "harness.cli", *kept, f"paths.output_dir={fresh}"]
     print("re-running:", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)

@@ -2,7 +2,7 @@
 
 - full: every weight trains, in fp32 master weights under half-precision autocast.
 - lora (Hu et al. 2021): frozen base + low-rank adapters on the target modules.
-- qlora (Dettmers et al. 2023): lora on a 4-bit NF4 base (loaded by harness.model).
+- qlora (Dettmers et al. 2023): lora on a 4-bit NF4 base (loaded by harness.stages.model).
 - dora (Liu et al. 2024): lora with a trained magnitude per output (PEFT use_dora).
 """
 
@@ -13,7 +13,8 @@ import logging
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError, TrainingError
+from harness.config.errors import ConfigError, TrainingError
+from harness.stages.model import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,29 @@ def validate_technique(technique_cfg: DictConfig) -> None:
     name = technique_cfg.name
     if name not in TECHNIQUES:
         raise ConfigError(f"technique.name={name!r}: choose one of {', '.join(TECHNIQUES)}")
+    if not technique_cfg.lr > 0:
+        raise ConfigError(f"technique.lr={technique_cfg.lr}: the learning rate must be > 0")
     if name == "full":
         return
+    if "r" not in technique_cfg:
+        raise ConfigError(f"technique={name}: its config has no LoRA options; its YAML must "
+                          "extend lora_schema (qlora_schema for qlora)")
     if technique_cfg.r <= 0:
         raise ConfigError(f"technique.r={technique_cfg.r}: the LoRA rank must be > 0")
     if technique_cfg.alpha <= 0:
         raise ConfigError(f"technique.alpha={technique_cfg.alpha}: must be > 0")
     if not 0 <= technique_cfg.dropout < 1:
         raise ConfigError(f"technique.dropout={technique_cfg.dropout}: must be in [0, 1)")
-    if name == "qlora" and technique_cfg.quant_type not in ("nf4", "fp4"):
-        raise ConfigError(f"technique.quant_type={technique_cfg.quant_type!r}: nf4 or fp4")
+    targets = technique_cfg.target_modules
+    if not isinstance(targets, str) and not (targets and all(isinstance(m, str) for m in targets)):
+        raise ConfigError(f"technique.target_modules={targets!r}: module names, all-linear "
+                          "or a regex")
+    if name == "qlora":
+        if technique_cfg.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"technique.quant_type={technique_cfg.quant_type!r}: nf4 or fp4")
+        if technique_cfg.compute_dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"technique.compute_dtype={technique_cfg.compute_dtype!r}: "
+                              f"choose one of auto, {', '.join(DTYPES)}")
 
 
 def _target_modules(technique_cfg: DictConfig):

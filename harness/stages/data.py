@@ -2,17 +2,19 @@
 
 Sources: the project's demo generator, local JSONL / CSV / Parquet files, or a hub id.
 Formats: `instruction` (instruction, input, output), `chat` (messages with roles),
-`completion` (text). Bad input fails with one error naming the file and line.
-
-    python -m harness.data   # prints the cleaned split sizes of the demo dataset
+`completion` (text). Bad input fails with one error naming the file and line
+(`validate_dataset`, which the trial runs before any model loads).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import hashlib
-import inspect
+import io
 import json
+import logging
 import random
 import unicodedata
 import zlib
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError, DataError
+from harness.config.errors import ConfigError, DataError
 
 FORMATS = {
     "instruction": ("instruction", "output"),  # `input` is optional
@@ -30,6 +32,11 @@ FORMATS = {
     "completion": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+SOURCES = ("demo", "local", "hub")
+# A split the config asks for that ends up smaller than this is still used, with a warning in
+# the log and the record: its scores' stderr is large.
+MIN_SPLIT_ROWS = 20
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,9 +54,9 @@ def dataset_fingerprint(dataset_cfg: DictConfig) -> str:
     """Content hash of what the dataset config points at (part of the config hash)."""
     h = hashlib.sha256()
     if dataset_cfg.source == "demo":
-        from harness import demo_data
+        from harness.tasks import demo
 
-        h.update(inspect.getsource(demo_data).encode())  # a generator change is a data change
+        h.update(f"demo-{demo.VERSION}".encode())  # bumped whenever its output changes
     elif dataset_cfg.source == "local":
         path = _existing_path(dataset_cfg.path)
         with path.open("rb") as f:
@@ -71,26 +78,45 @@ def _existing_path(path: str | None) -> Path:
 
 # ---------------------------------------------------------------- loading
 
+def _decoded_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is a DataError naming
+    the line, the column and the byte (Latin-1 and Windows-1252 files are the usual cause)."""
+    out = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                out.append((lineno, raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}: {exc.reason}); re-encode the file as UTF-8, e.g. "
+                    f"iconv -f latin1 -t utf-8 {path.name}") from None
+    return out
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((f"{path}:{lineno}", obj))
+    for lineno, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((f"{path}:{lineno}", obj))
     return rows
 
 
 def _read_csv(path: Path) -> list[tuple[str, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        # Line 1 is the header, so data row i sits on line i + 2.
-        return [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(csv.DictReader(f))]
+    text = "".join(line for _, line in _decoded_lines(path))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        # The reader's line_num is the last line of the record (a quoted cell spans lines).
+        return [(f"{path}:{reader.line_num}", dict(row)) for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _read_parquet(path: Path) -> list[tuple[str, dict]]:
@@ -270,8 +296,6 @@ def _nfc(row: dict) -> dict:
 # ---------------------------------------------------------------- splits
 
 def _size(spec: float, n: int, name: str) -> int:
-    if spec < 0:
-        raise ConfigError(f"dataset.{name}={spec}: must be >= 0")
     return int(round(spec * n)) if spec < 1 else int(spec)
 
 
@@ -287,28 +311,66 @@ def _split(rows: list[dict], dataset_cfg: DictConfig) -> tuple[list, list, list]
     return train, val, test
 
 
-def _load_raw(dataset_cfg: DictConfig) -> dict[str, list[dict]] | list[dict]:
-    fmt = dataset_cfg.format
-    if fmt not in FORMATS:
-        raise ConfigError(f"dataset.format={fmt!r}: choose one of {', '.join(FORMATS)}")
-    if dataset_cfg.source == "demo":
-        from harness import demo_data
+def validate_dataset(dataset_cfg: DictConfig) -> None:
+    """Checks every setting, and reads and checks every row of a local file (each error
+    names the setting or file:line), without a tokenizer: before any model loads."""
+    if dataset_cfg.source not in SOURCES:
+        raise ConfigError(f"dataset.source={dataset_cfg.source!r}: choose one of {', '.join(SOURCES)}")
+    if dataset_cfg.format not in FORMATS:
+        raise ConfigError(f"dataset.format={dataset_cfg.format!r}: choose one of {', '.join(FORMATS)}")
+    for key in ("val_size", "test_size"):
+        if dataset_cfg[key] < 0:
+            raise ConfigError(f"dataset.{key}={dataset_cfg[key]}: must be >= 0 (a fraction < 1 "
+                              "or a row count)")
+    if dataset_cfg.max_rows is not None and dataset_cfg.max_rows < 1:
+        raise ConfigError(f"dataset.max_rows={dataset_cfg.max_rows}: must be >= 1 (or null)")
+    clean = dataset_cfg.clean
+    if not 0 < clean.near_dedup_threshold <= 1:
+        raise ConfigError(f"dataset.clean.near_dedup_threshold={clean.near_dedup_threshold}: "
+                          "must be in (0, 1]")
+    if clean.max_tokens is not None and clean.max_tokens < clean.min_tokens:
+        raise ConfigError(f"dataset.clean.max_tokens={clean.max_tokens} is below "
+                          f"dataset.clean.min_tokens={clean.min_tokens}")
+    if dataset_cfg.source == "demo" and dataset_cfg.format != "instruction":
+        raise ConfigError(f"dataset.format={dataset_cfg.format}: the demo task is in the "
+                          "instruction format")
+    if dataset_cfg.source != "hub":  # a hub dataset is read when it loads (needs the network)
+        read_rows(dataset_cfg)
 
-        settings = OmegaConf.to_container(dataset_cfg.demo)
-        return demo_data.generate(**settings)  # already split, test held out by design
-    if dataset_cfg.source == "local":
-        raw = _read_local(dataset_cfg)
-    elif dataset_cfg.source == "hub":
-        raw = _read_hub(dataset_cfg)
-    else:
-        raise ConfigError(f"dataset.source={dataset_cfg.source!r}: choose demo, local or hub")
+
+@functools.lru_cache(maxsize=4)
+def _read_rows_cached(key: str, dataset_json: str) -> list[dict] | dict[str, list[dict]]:
+    dataset_cfg = OmegaConf.create(json.loads(dataset_json))
+    if dataset_cfg.source == "demo":
+        from harness.tasks import demo
+
+        try:
+            return demo.generate(**OmegaConf.to_container(dataset_cfg.demo))
+        except TypeError as exc:  # an unknown key under dataset.demo
+            raise ConfigError(f"dataset.demo: {exc}") from None
+    raw = _read_local(dataset_cfg) if dataset_cfg.source == "local" else _read_hub(dataset_cfg)
     fields = OmegaConf.to_container(dataset_cfg.fields)
-    return [_normalise(where, r, fmt, fields) for where, r in raw]
+    return [_normalise(where, r, dataset_cfg.format, fields) for where, r in raw]
+
+
+def read_rows(dataset_cfg: DictConfig) -> list[dict] | dict[str, list[dict]]:
+    """The dataset's rows in its format, checked line by line (a pre-split source, the demo
+    task, gives {train, val, test}). Read once per process and content: validation and
+    loading share it."""
+    if dataset_cfg.source not in SOURCES:
+        raise ConfigError(f"dataset.source={dataset_cfg.source!r}: choose one of {', '.join(SOURCES)}")
+    content = dataset_fingerprint(dataset_cfg)
+    settings = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True)
+    return copy.deepcopy(_read_rows_cached(content, settings))
 
 
 def load_splits(dataset_cfg: DictConfig, tokenizer, max_length: int) -> Splits:
-    """Loads, validates, cleans and splits the dataset; counts are kept for the record."""
-    raw = _load_raw(dataset_cfg)
+    """Loads, validates, cleans and splits the dataset; counts are kept for the record.
+
+    A split the config asks for (val_size or test_size > 0) that cleaning leaves empty is a
+    DataError; one smaller than MIN_SPLIT_ROWS is used with a warning (log and record)."""
+    validate_dataset(dataset_cfg)
+    raw = read_rows(dataset_cfg)
     counts: dict = {}
     where = dataset_cfg.path or dataset_cfg.name
     if isinstance(raw, dict):  # pre-split source: clean each split on its own
@@ -319,6 +381,7 @@ def load_splits(dataset_cfg: DictConfig, tokenizer, max_length: int) -> Splits:
             splits[name] = clean_rows(rows, dataset_cfg.clean, tokenizer, max_length, c)
             counts[name] = c
         train, val, test = splits["train"], splits["val"], splits["test"]
+        asked = {"val": len(raw["val"]) > 0, "test": len(raw["test"]) > 0}
     else:
         rows = raw[: dataset_cfg.max_rows] if dataset_cfg.max_rows else raw
         counts["loaded"] = len(rows)
@@ -326,20 +389,27 @@ def load_splits(dataset_cfg: DictConfig, tokenizer, max_length: int) -> Splits:
         if not rows:
             raise DataError(f"dataset {where}: no rows left after cleaning ({counts})")
         train, val, test = _split(rows, dataset_cfg)
+        asked = {"val": dataset_cfg.val_size > 0, "test": dataset_cfg.test_size > 0}
     if not train:
         raise DataError(f"dataset {where}: empty training split after cleaning ({counts})")
-    counts["rows"] = {"train": len(train), "val": len(val), "test": len(test)}
+    sizes = {"train": len(train), "val": len(val), "test": len(test)}
+    for name, wanted in asked.items():
+        setting = f"dataset.{name}_size"
+        if wanted and not sizes[name]:
+            raise DataError(
+                f"dataset {where}: {sizes['train'] + sizes['val'] + sizes['test']} rows are left "
+                f"after cleaning ({_removed(counts)}), which gives no {name} rows at {setting}="
+                f"{dataset_cfg[f'{name}_size']}: add rows, or give {setting} as a row count")
+        if wanted and sizes[name] < MIN_SPLIT_ROWS:
+            warning = (f"the {name} split has {sizes[name]} rows (fewer than {MIN_SPLIT_ROWS}): "
+                       "its scores have a large stderr")
+            log.warning("dataset %s: %s", where, warning)
+            counts.setdefault("warnings", []).append(warning)
+    counts["rows"] = sizes
     return Splits(train, val, test, dataset_cfg.format, counts)
 
 
-if __name__ == "__main__":
-    from hydra import compose, initialize_config_dir
-
-    from harness.model import build_tiny_tokenizer
-    from harness.schema import register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp", "paths.root_dir=/tmp"])
-    print(load_splits(cfg.dataset, build_tiny_tokenizer(), 512).counts)
+def _removed(counts: dict) -> str:
+    parts = [f"{k.removesuffix('_removed')} removed {v}" for k, v in counts.items()
+             if k.endswith("_removed") and v]
+    return ", ".join([f"loaded {counts.get('loaded')}", *parts])

@@ -37,7 +37,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict, read_write
 
-from harness.errors import ConfigError
+from harness.config.errors import ConfigError
+from harness.sweep import study as study_lib
+from harness.sweep.engine import Engine, JobEnd, Launch, Pending, Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,48 +61,48 @@ def _ours(study, invocation: str, states: tuple) -> list:
 
 
 # -- the sweeper's side ---------------------------------------------------------------------
-def run_workers(sweeper: Any, study: Any, arguments: list[str], passthrough: list[str],
-                n_trials: int) -> None:
-    """Launches rounds of `sweeper.workers` worker jobs until n_trials are counted."""
+def run_workers(engine: Engine, arguments: list[str], passthrough: list[str], n_trials: int,
+                launch: Launch) -> None:
+    """Launches rounds of `settings.workers` worker jobs until n_trials are counted."""
     from optuna.trial import TrialState
 
-    from harness import sweep_study as ss
-    from harness.sweep_space import format_value
+    from harness.sweep.space import format_value
 
+    study, settings = engine.study, engine.settings
     invocation = uuid.uuid4().hex[:12]
     study.set_user_attr(_spec_key(invocation), {
-        "settings": sweeper.settings, "arguments": list(arguments), "n_trials": n_trials,
-        "storage": sweeper.storage_url, "sweep_dir": str(sweeper.sweep_dir),
-        "output_dir": sweeper.output_dir,
+        "settings": {**settings.as_dict(), "enqueue": []}, "arguments": list(arguments),
+        "n_trials": n_trials, "storage": engine.storage_url, "sweep_dir": str(engine.sweep_dir),
+        "output_dir": engine.output_dir,
         "trials_at_start": len(study.trials),  # the workers' seed base: not their start order
     })
-    allowed = int(sweeper.max_failure_rate * n_trials)
+    allowed = engine.allowed_failures(n_trials)
     first_job = 0
-    while (todo := n_trials - ss.n_counted(study)) > 0:
-        n = min(sweeper.workers, todo)
+    while (todo := n_trials - study_lib.n_counted(study)) > 0:
+        n = min(settings.workers, todo)
         fmt = format_value
         jobs = [[*passthrough, f"trial.study_name={fmt(study.study_name)}",
-                 f"trial.storage={fmt(sweeper.storage_url)}", f"trial.worker={first_job + i}",
+                 f"trial.storage={fmt(engine.storage_url)}", f"trial.worker={first_job + i}",
                  f"trial.invocation={invocation}",
-                 f"hydra.sweep.dir={fmt(str(sweeper.sweep_dir))}",
+                 f"hydra.sweep.dir={fmt(str(engine.sweep_dir))}",
                  f"hydra.sweep.subdir=worker_{first_job + i}"] for i in range(n)]
         log.info("asynchronous mode: %d worker job(s) for the %d trial(s) left (invocation %s)",
                  n, todo, invocation)
         finished_before = _n_finished(study)
-        errors, raised = _launch(sweeper.launcher, jobs, first_job)
+        errors, raised = _launch(launch, jobs, first_job)
         # submitit raises as soon as one job is found dead while the others may still run:
         # then only trials of workers that are really gone are failed
         workers = range(first_job, first_job + n)
-        for t in _wait_for_workers(study, invocation, sweeper.sweep_dir, workers, wait=raised):
-            _fail_orphan(study, t, errors, sweeper.output_dir)
+        for t in _wait_for_workers(study, invocation, engine.sweep_dir, workers, wait=raised):
+            _fail_orphan(study, t, errors, engine.output_dir)
         first_job += n
         failures = len(_ours(study, invocation, (TrialState.FAIL,)))
         if failures > allowed:
-            sweeper.stop_for_failures(failures, n_trials)
+            engine.stop_for_failures(failures, n_trials)
         if _n_finished(study) == finished_before:
             raise ConfigError(
                 "asynchronous mode: a round of workers finished no trial; their logs are in "
-                f"{sweeper.sweep_dir}/worker_*/ and the launcher said: "
+                f"{engine.sweep_dir}/worker_*/ and the launcher said: "
                 f"{'; '.join(errors.values()) or 'nothing'}")
 
 
@@ -153,7 +155,7 @@ class _Heartbeat:
         self.thread = threading.Thread(target=self._loop, daemon=True, name="harness-heartbeat")
 
     def _write(self, done: bool) -> None:
-        from harness.record import atomic_write_text
+        from harness.config.files import atomic_write_text
 
         self.beat += 1
         atomic_write_text(self.path, json.dumps({**self.info, "beat": self.beat, "done": done}))
@@ -177,32 +179,23 @@ class _Heartbeat:
         self._write(done=exc_type is None)  # not done: the sweeper treats it as dead
 
 
-def _launch(launcher, jobs: list[list[str]], first_job: int) -> tuple[dict[int, str], bool]:
+def _launch(launch: Launch, jobs: list[list[str]], first_job: int) -> tuple[dict[int, str], bool]:
     """Runs the workers; returns worker index -> why it ended without finishing, if it did,
     and whether the launcher raised (then some workers may still be running)."""
-    from hydra.core.utils import JobStatus
-
     try:
-        returns = launcher.launch(jobs, initial_job_idx=first_job)
+        ends = launch(jobs, first_job)
     except Exception as exc:  # submitit's UncompletedJobError when a worker job was killed
         log.warning("the launcher raised (%s: %s)", type(exc).__name__, exc)
         return {first_job + i: f"{type(exc).__name__}: {exc}" for i in range(len(jobs))}, True
-    errors = {}
-    for i, ret in enumerate(returns):
-        if ret.status == JobStatus.FAILED:
-            try:
-                ret.return_value  # noqa: B018 -- raises the worker's exception
-            except Exception as exc:
-                errors[first_job + i] = f"{type(exc).__name__}: {exc}"
-    return errors, False
+    return {first_job + i: end.error for i, end in enumerate(ends) if end.error}, False
 
 
 def _fail_orphan(study, trial, errors: dict[int, str], output_dir: str) -> None:
     """A trial its worker left RUNNING: FAIL with the reason, its parameters enqueued again."""
     from optuna.trial import TrialState
 
-    from harness.record import Record, run_dir
-    from harness.sweep_study import read_record
+    from harness.sweep.study import read_record
+    from harness.trial.record import Record, run_dir
 
     worker = (trial.user_attrs.get("worker") or {}).get("index")
     job = (trial.user_attrs.get("worker") or {}).get("slurm_job")
@@ -225,41 +218,39 @@ def _fail_orphan(study, trial, errors: dict[int, str], output_dir: str) -> None:
 # -- the worker's side ----------------------------------------------------------------------
 def work(cfg: DictConfig, run_trial: Callable[[DictConfig, list[str]], Any]) -> dict[str, Any]:
     """The body of a worker job (`harness-train` with `trial.worker` set); `run_trial(cfg,
-    overrides)` trains and evaluates one trial and writes its record (harness.run.run)."""
+    overrides)` trains and evaluates one trial and writes its record (harness.cli.run_trial)."""
     import optuna
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness import sweep_study as ss
-    from harness.sweep_space import build_space, grid
-    from hydra_plugins.harness_sweeper.sweeper import HarnessSweeper
+    from harness.sweep.space import build_space
 
     t = cfg.trial
     index, invocation = int(t.worker), str(t.invocation)
-    study = optuna.load_study(study_name=t.study_name, storage=ss.open_storage(t.storage))
+    study = optuna.load_study(study_name=t.study_name, storage=study_lib.open_storage(t.storage))
     spec = study.user_attrs.get(_spec_key(invocation))
     if spec is None:
         raise ConfigError(f"trial.invocation={invocation}: study {t.study_name} in {t.storage} "
                           "has no such sweep invocation")
-    sweeper = HarnessSweeper(**spec["settings"])
-    sweeper.config_loader = GlobalHydra.instance().config_loader()
+    loader = GlobalHydra.instance().config_loader()
     master = cfg.copy()  # what load_sweep_config reads: hydra.overrides.hydra, job.config_name
     with read_write(master), open_dict(master):
         master.hydra = HydraConfig.get()
-    sweeper.config, sweeper.study = master, study
-    sweeper.objectives_ = ss.parse_objectives(sweeper.objectives)
-    sweeper.storage_url, sweeper.sweep_dir = spec["storage"], Path(spec["sweep_dir"])
-    sweeper.output_dir = spec["output_dir"]
-    parser = OverridesParser.create(config_loader=sweeper.config_loader)
-    space, passthrough = build_space(sweeper.params, spec["arguments"], parser.parse_overrides)
-    is_grid = sweeper.sampler.get("name") == "grid"
+
+    def compose(overrides: list[str]) -> DictConfig:
+        return loader.load_sweep_config(master, list(overrides))
+
+    engine = Engine(Settings.from_mapping(spec["settings"]), compose, spec["output_dir"],
+                    Path(spec["sweep_dir"]), spec["storage"])
+    parser = OverridesParser.create(config_loader=loader)
+    space, passthrough = build_space(engine.settings.params, spec["arguments"],
+                                     parser.parse_overrides)
     # each worker its own seed stream (identical seeds would sample identical trials), fixed
     # by the invocation and the worker index, not by which worker happened to start first
     base = int(spec.get("trials_at_start", len(study.trials)))
-    study.sampler = ss.make_sampler(sweeper.sampler, grid(space) if is_grid else None,
-                                    seed_offset=base + 1000 * index)
-    n_trials, allowed = int(spec["n_trials"]), int(sweeper.max_failure_rate * spec["n_trials"])
+    engine.attach(study, space, seed_offset=base + 1000 * index)
+    n_trials = int(spec["n_trials"])
     array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     mine = {"index": index, "slurm_job": "_".join(array) if all(array)
             else os.environ.get("SLURM_JOB_ID"),
@@ -267,46 +258,39 @@ def work(cfg: DictConfig, run_trial: Callable[[DictConfig, list[str]], Any]) -> 
     log.info("worker %d of invocation %s on %s: pulling trials from %s", index, invocation,
              mine["host"], study.study_name)
     with _Heartbeat(_heartbeat_path(spec["sweep_dir"], invocation, index), mine):
-        ran = _pull(sweeper, study, master, space, passthrough, invocation, mine, n_trials,
-                    allowed, run_trial)
+        ran = _pull(engine, compose, space, passthrough, invocation, mine, n_trials, run_trial)
     log.info("worker %d: done, %d trial(s) trained here", index, ran)
     return {"worker/trials": float(ran)}
 
 
-def _pull(sweeper, study, master, space, passthrough, invocation, mine, n_trials, allowed,
+def _pull(engine: Engine, compose, space, passthrough, invocation, mine, n_trials,
           run_trial) -> int:
     import optuna
 
-    from harness import sweep_study as ss
-
+    study, allowed = engine.study, engine.allowed_failures(n_trials)
     index, ran = mine["index"], 0
-    while ss.n_counted(study) < n_trials:
+    while study_lib.n_counted(study) < n_trials:
         if len(_ours(study, invocation, (optuna.trial.TrialState.FAIL,))) > allowed:
             log.warning("worker %d: too many failed trials; stopping", index)
             break
-        p = sweeper._ask(study, space, passthrough)
+        p = engine.ask(space, passthrough)
         p.trial.set_user_attr("invocation", invocation)
         p.trial.set_user_attr("worker", mine)
-        cached = sweeper._cached(p)
-        if cached is not None:
-            p.trial.set_user_attr("cache_hit", True)
-            sweeper._tell(study, p, cached, "cache hit: recorded values, no training")
+        if engine.tell_if_cached(p):
             continue
-        sweeper._tell(study, p, sweeper._settle(p, None, _run_here(sweeper, master, p, run_trial)))
+        engine.tell(p, engine.settle(p, _run_here(compose, p, run_trial)))
         ran += 1
     return ran
 
 
-def _run_here(sweeper: Any, master: DictConfig, p: Any, run_trial) -> str | None:
-    """Trains and evaluates one trial in this process; returns why it failed, if it did."""
-    overrides = [o for o in p.job_overrides if not o.startswith("hydra.")]
-    job_cfg = sweeper.config_loader.load_sweep_config(master, overrides)
+def _run_here(compose, p: Pending, run_trial) -> JobEnd:
+    """Trains and evaluates one trial in this process; says why it failed, if it did."""
+    job_cfg = compose([o for o in p.job_overrides if not o.startswith("hydra.")])
     with read_write(job_cfg), open_dict(job_cfg):
         del job_cfg["hydra"]  # what Hydra's run_job hands a task function
     try:
-        run_trial(job_cfg, p.overrides)
-        return None
+        return JobEnd(returned=run_trial(job_cfg, p.overrides))
     except Exception as exc:  # the record says pruned / failed; the worker goes on
-        return f"{type(exc).__name__}: {exc}"
+        return JobEnd(error=f"{type(exc).__name__}: {exc}")
     finally:
         gc.collect()

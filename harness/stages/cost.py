@@ -16,7 +16,7 @@ import time
 import torch
 from omegaconf import DictConfig
 
-from harness.errors import ConfigError
+from harness.config.errors import ConfigError
 
 
 class Timer:
@@ -49,21 +49,40 @@ def peak_memory_gb() -> float:
     return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # linux: KiB
 
 
-def price_per_hour(cost_cfg: DictConfig, device_name: str) -> tuple[str, float]:
-    """Looks the device up in the price table: exact key, else a key the name contains
-    ("NVIDIA H100 80GB HBM3" -> H100), longest match first."""
-    prices = dict(cost_cfg.prices)
-    key = cost_cfg.device or device_name
+def validate_cost(cost_cfg: DictConfig) -> None:
+    """The price table holds numbers >= 0, and a device named in cost.device has a price."""
+    for name, price in cost_cfg.prices.items():
+        if not isinstance(price, (int, float)) or isinstance(price, bool) or price < 0:
+            raise ConfigError(f"cost.prices.{name}={price!r}: a price in $/hour, >= 0")
+    if cost_cfg.device is not None and _lookup(dict(cost_cfg.prices), cost_cfg.device) is None:
+        raise ConfigError(f"cost.device={cost_cfg.device!r} has no price in cost.prices "
+                          f"(known: {', '.join(cost_cfg.prices)}); add one with "
+                          f"cost.prices.{cost_cfg.device}=<$/hour>")
+
+
+def _lookup(prices: dict, key: str) -> str | None:
+    """The price-table key for a device: exact, else a key the name contains ("NVIDIA H100
+    80GB HBM3" -> H100), longest match first."""
     if key in prices:
-        return key, float(prices[key])
+        return key
     norm = key.upper().replace(" ", "-")
     for name in sorted(prices, key=len, reverse=True):
         if name.upper() in norm or name.upper().replace("-", " ") in key.upper():
-            return name, float(prices[name])
-    if cost_cfg.device:
-        raise ConfigError(f"cost.device={cost_cfg.device!r} has no price in cost.prices "
-                          f"(known: {', '.join(prices)})")
-    return key, float("nan")
+            return name
+    return None
+
+
+def price_per_hour(cost_cfg: DictConfig, device_name: str) -> tuple[str, float]:
+    """(price-table key, $/hour) of cost.device, else of the detected device; NaN when the
+    table has no price for it (validate_cost has checked a device the user named)."""
+    prices = dict(cost_cfg.prices)
+    key = cost_cfg.device or device_name
+    found = _lookup(prices, key)
+    if found is None:
+        if cost_cfg.device:
+            validate_cost(cost_cfg)
+        return key, float("nan")
+    return found, float(prices[found])
 
 
 def train_flops(tokens: int, total_params: int, trainable_params: int) -> float:
