@@ -135,8 +135,8 @@ class EvalConfig:
     limit: int | None = None  # per task, seeded stratified subsample (None: every example)
     limits: dict[str, int] = field(default_factory=dict)  # per-task override of `limit`
     num_fewshot: int = 0  # mmlu, gsm8k, lm-eval names (bbh: set by bbh_variant); 5-shot ~5x longer
-    # rows per forward pass when generating (task, gsm8k, bbh): batched greedy generation took
-    # ~0.65 s a row at 16 and ~0.4 at 64 on a 2-core CPU
+    # rows per forward pass when generating (task, gsm8k, bbh): larger batches generate faster
+    # per row until memory runs out (BENCHMARKS.md "Evaluation speed")
     batch_size: int = 64
     # rows per forward pass when scoring text (mmlu, perplexity): prompts pad to the batch's
     # longest, and MMLU's run from ~60 to ~1,000 tokens
