@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis import plots, render, stats, tables
 from analysis.records import ACC, USD, load_history, load_runs, load_studies
+from harness.config.files import atomic_write_text
 
 TITLE = "Fine-tuning report"
 PROBLEMS = ("incomplete", "invalid")
@@ -245,11 +246,11 @@ def write_report(source: str | Path, out: str | Path | None = None, sweep: str |
     written = {"md": out_dir / "report.md", "html": out_dir / "report.html",
                "csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet",
                "summary": out_dir / "summary.json", **figures}
-    written["md"].write_text(render.to_markdown(blocks))
-    written["html"].write_text(render.to_html(blocks, TITLE))
-    written["summary"].write_text(json.dumps(summary_json(best, pairs, answer, metric),
-                                             indent=1) + "\n")
-    runs.to_csv(written["csv"], index=False)
+    atomic_write_text(written["md"], render.to_markdown(blocks))
+    atomic_write_text(written["html"], render.to_html(blocks, TITLE))
+    atomic_write_text(written["summary"], json.dumps(summary_json(best, pairs, answer, metric),
+                                                     indent=1) + "\n")
+    atomic_write_text(written["csv"], runs.to_csv(index=False))
     parquet_safe(runs).to_parquet(written["parquet"], index=False)
     return written
 

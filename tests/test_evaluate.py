@@ -109,11 +109,11 @@ def test_exact_match_scorer_on_chat_rows(make_cfg, tiny, tmp_path):
 
 
 def test_peft_wrapped_model(make_cfg, rows, tmp_path):
-    from harness.stages.technique import apply_technique
+    from harness.trial.run import prepare
 
     cfg = make_cfg("eval.tasks=[task,perplexity]", "eval.limit=2")
-    model, tokenizer = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-    model = apply_technique(model, cfg.technique)
+    ready = prepare(cfg)
+    model, tokenizer = ready.model, ready.tokenizer
     metrics = evaluate.evaluate(model, tokenizer, cfg.eval, rows, tmp_path, seed=0)
     _has_stderr(metrics, "eval/task/acc", "eval/perplexity/ppl")
 
