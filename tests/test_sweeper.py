@@ -170,7 +170,8 @@ def test_every_sweep_file_composes(compose_cfg, tmp_path, path):
 def _study(tmp_path, directions, pruner):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="t", storage=storage, directions=directions)
-    study.set_user_attr(SETTINGS_ATTR, {"pruner": pruner})
+    study.set_user_attr(SETTINGS_ATTR, {"pruner": pruner, "prune_metric": "eval/loss",
+                                        "prune_direction": "minimize"})
     return study, storage
 
 

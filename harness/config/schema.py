@@ -184,8 +184,6 @@ class TrialConfig:
     study_name: str | None = None
     storage: str | None = None
     number: int | None = None
-    prune_metric: str = "eval/loss"
-    prune_direction: str = "minimize"
     # asynchronous mode (hydra.sweeper.workers > 0): this job is worker N of a sweep invocation
     # and pulls trials from the study until the budget is spent, instead of running one trial
     worker: int | None = None

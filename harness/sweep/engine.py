@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from harness.config.errors import ConfigError, HarnessError
 from harness.sweep import study as study_lib
 from harness.sweep.report import console_table, write_results
+from harness.sweep.settings import Settings
 from harness.sweep.space import (
     Param,
     adhoc_name,
@@ -50,36 +51,15 @@ class SweepError(HarnessError):
     """Stops the sweep with a message for the user."""
 
 
-@dataclass
-class Settings:
-    """`hydra.sweeper.*` (hydra_plugins/harness_sweeper/config.py documents each)."""
-
-    study_name: str | None = None
-    storage: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 1
-    workers: int = 0
-    sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 42})
-    pruner: dict = field(default_factory=lambda: {"name": "median"})
-    objectives: list = field(default_factory=list)
-    prune_metric: str = "eval/loss"
-    prune_direction: str = "minimize"
-    params: dict = field(default_factory=dict)
-    enqueue: list = field(default_factory=list)
-    max_failure_rate: float = 0.5
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
-        plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-                 for k, v in values.items() if k != "_target_"}
-        settings = cls(**plain)
-        settings.n_trials, settings.workers = int(settings.n_trials), int(settings.workers)
-        settings.n_jobs = max(int(settings.n_jobs), 1)
-        settings.max_failure_rate = float(settings.max_failure_rate)
-        return settings
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+def settings_from(values: Mapping[str, Any]) -> Settings:
+    """Settings from `hydra.sweeper` (or a worker's stored copy), as plain Python values."""
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+             for k, v in values.items() if k != "_target_"}
+    settings = Settings(**plain)
+    settings.n_trials, settings.workers = int(settings.n_trials), int(settings.workers)
+    settings.n_jobs = max(int(settings.n_jobs), 1)
+    settings.max_failure_rate = float(settings.max_failure_rate)
+    return settings
 
 
 @dataclass
@@ -166,7 +146,7 @@ class Engine:
     # -- one trial ----------------------------------------------------------------------
     def ask(self, space: list[Param], passthrough: list[str]) -> Pending:
         """A new trial: sampled, composed, validated and hashed before anything launches."""
-        study, s = self.study, self.settings
+        study = self.study
         trial = study.ask()
         study_lib.mark_owner(trial)
         overrides = [*passthrough, *to_overrides(space, sample(trial, space))]
@@ -183,8 +163,6 @@ class Engine:
         n, fmt = trial.number, format_value
         job = [*overrides, f"trial.study_name={fmt(study.study_name)}",
                f"trial.storage={fmt(self.storage_url)}", f"trial.number={n}",
-               f"trial.prune_metric={fmt(s.prune_metric)}",
-               f"trial.prune_direction={fmt(s.prune_direction)}",
                f"hydra.sweep.dir={fmt(str(self.sweep_dir))}", f"hydra.sweep.subdir=trial_{n}"]
         return Pending(trial, overrides, job, chash, folder)
 

@@ -1,13 +1,15 @@
 """Pruning inside a trial: report the validation metric to the Optuna trial, stop when told.
 
-The sweeper hands each trial `trial.study_name`, `trial.storage` and `trial.number`
-(config node `trial`, not hashed). `trial_monitors(cfg)` gives the monitors that harness-train
-hands the trial (`harness.trial.run.run(cfg, overrides, monitors)`; the train stage's
-`Monitor` interface): at every evaluation (`train.eval_every`) the monitor reports
-`trial.prune_metric` (default `eval/loss`) with the step, and tells training to stop when
-the study's pruner says so; the trial then records `status: pruned` with the step. Under the
-learning-curve pruner (harness/sweep/curve_pruner.py) the trial also evaluates before its
-first step, so the first report after it already has a rate of improvement to judge.
+The sweeper hands each trial `trial.study_name`, `trial.storage` and `trial.number` (config
+node `trial`, not hashed); the pruner and the metric it watches are read from the study
+itself (`study.user_attrs["harness"]`, written by the engine). `trial_monitors(cfg)` gives the
+monitors that harness-train hands the trial (`harness.trial.run.run(cfg, overrides,
+monitors)`, the train stage's `Monitor` interface): at every evaluation (`train.eval_every`)
+the monitor reports `hydra.sweeper.prune_metric` (default `eval/loss`) with the step, and
+tells training to stop when the study's pruner says so; the trial then records `status:
+pruned` with the step. Under the learning-curve pruner (harness/sweep/curve_pruner.py) the
+trial also evaluates before its first step, so the first report after it already has a rate
+of improvement to judge.
 
 Directions: Optuna's pruners compare intermediate values in the study's direction. When the
 prune metric goes the other way (minimize `eval/loss` in a study that maximizes accuracy),
@@ -79,9 +81,9 @@ def trial_monitors(cfg: DictConfig) -> list[PruningMonitor]:
     study.pruner = make_pruner(pruner_spec)
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(t.study_name), int(t.number))
-    study_direction = study.direction.name.lower()
-    sign = 1.0 if t.prune_direction == study_direction else -1.0
+    metric, direction = settings["prune_metric"], settings["prune_direction"]
+    sign = 1.0 if direction == study.direction.name.lower() else -1.0
     log.info("pruning: %s (%s) reported to trial %d of %s with %s",
-             t.prune_metric, t.prune_direction, t.number, t.study_name, pruner_spec["name"])
-    return [PruningMonitor(optuna.trial.Trial(study, trial_id), t.prune_metric, sign,
+             metric, direction, t.number, t.study_name, pruner_spec["name"])
+    return [PruningMonitor(optuna.trial.Trial(study, trial_id), metric, sign,
                            eval_on_start=getattr(study.pruner, "eval_on_start", False))]

@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from harness.config.errors import ConfigError
 from harness.sweep import study as study_lib
-from harness.sweep.engine import Engine, JobEnd, Launch, Pending, Settings
+from harness.sweep.engine import Engine, JobEnd, Launch, Pending, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def run_workers(engine: Engine, arguments: list[str], passthrough: list[str], n_
     study, settings = engine.study, engine.settings
     invocation = uuid.uuid4().hex[:12]
     study.set_user_attr(_spec_key(invocation), {
-        "settings": {**settings.as_dict(), "enqueue": []}, "arguments": list(arguments),
+        "settings": {**asdict(settings), "enqueue": []}, "arguments": list(arguments),
         "n_trials": n_trials, "storage": engine.storage_url, "sweep_dir": str(engine.sweep_dir),
         "output_dir": engine.output_dir,
         "trials_at_start": len(study.trials),  # the workers' seed base: not their start order
@@ -241,7 +242,7 @@ def work(cfg: DictConfig, run_trial: Callable[[DictConfig, list[str]], Any]) -> 
     def compose(overrides: list[str]) -> DictConfig:
         return loader.load_sweep_config(master, list(overrides))
 
-    engine = Engine(Settings.from_mapping(spec["settings"]), compose, spec["output_dir"],
+    engine = Engine(settings_from(spec["settings"]), compose, spec["output_dir"],
                     Path(spec["sweep_dir"]), spec["storage"])
     parser = OverridesParser.create(config_loader=loader)
     space, passthrough = build_space(engine.settings.params, spec["arguments"],

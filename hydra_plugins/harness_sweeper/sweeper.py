@@ -26,7 +26,7 @@ class SweepError(CompactHydraException):
 
 class HarnessSweeper(Sweeper):
     def __init__(self, **settings):
-        self.values = settings  # harness.sweep.engine.Settings, built once Optuna is imported
+        self.values = settings  # hydra.sweeper.* (harness.sweep.settings.Settings)
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -51,12 +51,12 @@ class HarnessSweeper(Sweeper):
         return []
 
     def _sweep(self, arguments: list[str]) -> None:
-        from harness.sweep.engine import Engine, Settings
+        from harness.sweep.engine import Engine, settings_from
         from harness.sweep.space import build_space, describe, validate_space
         from harness.sweep.study import check_objectives, default_storage, n_counted
         from harness.sweep.workers import run_workers
 
-        settings = Settings.from_mapping(self.values)
+        settings = settings_from(self.values)
         parser = OverridesParser.create(config_loader=self.config_loader)
         space, passthrough = build_space(settings.params, arguments, parser.parse_overrides)
         validate_space(space, self.config, self.config_loader.get_group_options)
