@@ -284,6 +284,8 @@ def test_qlora_without_4bit_support_is_a_clear_error(make_cfg, tmp_path, monkeyp
     monkeypatch.setattr(F, "quantize_4bit", broken)
     cfg = make_cfg("technique=qlora")
     with pytest.raises(ConfigError, match="technique=qlora: bitsandbytes cannot quantize"):
+        validate(cfg)  # before a model is loaded
+    with pytest.raises(ConfigError, match="technique=qlora: bitsandbytes cannot quantize"):
         load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
 
 
