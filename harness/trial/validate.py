@@ -3,9 +3,9 @@
 Every enumerated setting of every group is checked against its allowed values, every
 number against its range, the price table, the eval tasks and local benchmark files,
 4-bit support for QLoRA on this device, and every row of a local dataset file against its
-format. The first problem raises a ConfigError
-or DataError that names the setting (or file:line) and what is allowed. Each check lives
-with its stage (`validate_<group>` in harness/stages/); this module only runs them all.
+format. The first problem raises a ConfigError or DataError that names the setting (or
+file:line) and what is allowed. Each check lives with its stage (`validate_<group>` in
+harness/stages/); this module only runs them all.
 """
 
 from __future__ import annotations
