@@ -209,7 +209,8 @@ def test_empty_test_split_is_a_clear_error(make_cfg, tiny, tmp_path):
 
 # ---------------------------------------------------------------- base model, deltas
 
-def test_base_model_cached_once_with_deltas(make_cfg, rows, cache_dir, monkeypatch, caplog):
+def test_base_model_cached_once_with_deltas(make_cfg, rows, tmp_path, monkeypatch, caplog):
+    scores = tmp_path / "scores"  # a fresh base-eval cache; the model cache stays shared
     cfg = make_cfg("eval.tasks=[task,mmlu]", "eval.limit=4")
     loads = []
 
@@ -218,14 +219,14 @@ def test_base_model_cached_once_with_deltas(make_cfg, rows, cache_dir, monkeypat
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "load_model", counting_load)
-    first = evaluate.base_model_metrics(cfg, rows, cache_dir, seed=cfg.seed)
+    first = evaluate.base_model_metrics(cfg, rows, scores, seed=cfg.seed)
     with caplog.at_level("INFO", logger="harness.stages.evaluate"):
-        second = evaluate.base_model_metrics(cfg, rows, cache_dir, seed=cfg.seed)
+        second = evaluate.base_model_metrics(cfg, rows, scores, seed=cfg.seed)
     assert len(loads) == 1 and first == second
     assert "cache hit" in caplog.text
     key = evaluate.base_eval_key(cfg, rows, cfg.seed)
-    assert (cache_dir / "base_eval" / f"{key}.json").exists()
-    assert (cache_dir / "base_eval" / key / "mmlu.jsonl").exists()  # per-example, for pairing
+    assert (scores / "base_eval" / f"{key}.json").exists()
+    assert (scores / "base_eval" / key / "mmlu.jsonl").exists()  # per-example, for pairing
     from harness.trial.record import deltas as delta_metrics
 
     trained = {**first, "eval/mmlu/acc": first["eval/mmlu/acc"] + 0.25}
