@@ -77,7 +77,8 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
 
     from harness.stages.callbacks import HistoryCallback
     from harness.stages.data import to_trl
-    from harness.stages.train import Progress, sft_config
+    from harness.stages.progress import Progress
+    from harness.stages.train import sft_config
 
     use_chat = tok.chat_template is not None
     train_ds = Dataset.from_list([to_trl(r, use_chat) for r in splits.train])

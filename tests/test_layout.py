@@ -3,8 +3,8 @@ cycle, and analysis/ reads records without the pipeline.
 
     config -> tasks -> stages -> trial -> sweep -> cli / the Hydra plugin
 
-Every import counts, also those inside functions (they run as surely, only later); imports
-under `if TYPE_CHECKING:` do not.
+Every import counts: those inside functions (they run as surely, only later) and those under
+`if TYPE_CHECKING:` (a dependency all the same).
 """
 
 from __future__ import annotations
@@ -24,14 +24,9 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path) -> set[str]:
-    """Modules `path` imports, TYPE_CHECKING blocks left out."""
-    tree = ast.parse(path.read_text(), str(path))
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    """Modules `path` imports, anywhere in it."""
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

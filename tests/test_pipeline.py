@@ -13,8 +13,9 @@ import torch
 from harness.config.errors import ConfigError, TrainingError
 from harness.stages.data import load_splits, response_text
 from harness.stages.model import disable_4bit_cpu_repack, load_model, resolve_attention
+from harness.stages.progress import Progress
 from harness.stages.technique import apply_technique, check_adapter_grads, count_params
-from harness.stages.train import Progress, train
+from harness.stages.train import train
 from harness.trial.run import prepare
 from harness.trial.validate import validate
 

@@ -8,15 +8,12 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
 from harness.config.errors import TrainingError
+from harness.stages.progress import Monitor, Progress
 from harness.stages.technique import check_adapter_grads
-
-if TYPE_CHECKING:
-    from harness.stages.train import Monitor, Progress
 
 log = logging.getLogger("harness.stages.train")
 

@@ -12,10 +12,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -25,36 +24,13 @@ from harness.config.errors import ConfigError
 from harness.stages import logger, optimizer
 from harness.stages.data import Splits, to_trl
 from harness.stages.model import compute_dtype
+from harness.stages.progress import Monitor, Progress
 
 log = logging.getLogger(__name__)
 
 # train.compile=null (auto) compiles runs of at least this many optimizer steps, where the
 # one-off compile has paid for itself (measured: BENCHMARKS.md "When compiling pays back").
 COMPILE_MIN_STEPS = 200
-
-
-class Monitor(Protocol):
-    """Watches a trial's validation metrics; what a sweep hands a trial to prune it
-    (harness.sweep.pruning). The train stage knows nothing else of sweeps."""
-
-    eval_on_start: bool  # also evaluate before the first step (a first rate of improvement)
-
-    def report(self, metrics: Mapping[str, float], step: int) -> str | None:
-        """Called at every validation with `eval/...` metrics; returns why training should
-        stop now, or None to go on."""
-
-
-@dataclass
-class Progress:
-    """What training has done so far. The caller owns it, so a trial that fails or is stopped
-    still knows the steps, tokens and seconds it spent."""
-
-    history: list[dict] = field(default_factory=list)
-    steps: int = 0
-    train_tokens: int = 0
-    train_s: float = 0.0
-    stopped_at: int | None = None  # the step a monitor stopped training at
-    stop_reason: str | None = None
 
 
 @dataclass

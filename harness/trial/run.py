@@ -41,7 +41,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None,
         return done
     record = Record.start(folder, cfg, chash, run_command(overrides or []), overrides or [])
     log.info("run %s -> %s", chash[:12], folder)
-    from harness.stages.train import Progress
+    from harness.stages.progress import Progress
 
     progress = Progress()
     try:
