@@ -287,6 +287,12 @@ def _split(rows: list[dict], dataset_cfg: DictConfig) -> tuple[list, list, list]
 def validate_dataset(dataset_cfg: DictConfig) -> None:
     """Checks every setting, and reads and checks every row of a local file (each error
     names the setting or file:line), without a tokenizer: before any model loads."""
+    _check_settings(dataset_cfg)
+    if dataset_cfg.source != "hub":  # a hub dataset is read when it loads (needs the network)
+        _read_rows_cached(*_cache_key(dataset_cfg))
+
+
+def _check_settings(dataset_cfg: DictConfig) -> None:
     if dataset_cfg.source not in SOURCES:
         raise ConfigError(f"dataset.source={dataset_cfg.source!r}: choose one of {', '.join(SOURCES)}")
     if dataset_cfg.format not in FORMATS:
@@ -307,8 +313,6 @@ def validate_dataset(dataset_cfg: DictConfig) -> None:
     if dataset_cfg.source == "demo" and dataset_cfg.format != "instruction":
         raise ConfigError(f"dataset.format={dataset_cfg.format}: the demo task is in the "
                           "instruction format")
-    if dataset_cfg.source != "hub":  # a hub dataset is read when it loads (needs the network)
-        read_rows(dataset_cfg)
 
 
 @functools.lru_cache(maxsize=4)
@@ -326,15 +330,18 @@ def _read_rows_cached(key: str, dataset_json: str) -> list[dict] | dict[str, lis
     return [_normalise(where, r, dataset_cfg.format, fields) for where, r in raw]
 
 
+def _cache_key(dataset_cfg: DictConfig) -> tuple[str, str]:
+    """The content fingerprint and the settings: a changed file is read again."""
+    return (dataset_fingerprint(dataset_cfg),
+            json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True))
+
+
 def read_rows(dataset_cfg: DictConfig) -> list[dict] | dict[str, list[dict]]:
-    """The dataset's rows in its format, checked line by line (a pre-split source, the demo
-    task, gives {train, val, test}). Read once per process and content: validation and
-    loading share it."""
-    if dataset_cfg.source not in SOURCES:
-        raise ConfigError(f"dataset.source={dataset_cfg.source!r}: choose one of {', '.join(SOURCES)}")
-    content = dataset_fingerprint(dataset_cfg)
-    settings = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True)
-    return copy.deepcopy(_read_rows_cached(content, settings))
+    """The rows of a checked dataset config, in its format, checked line by line (a pre-split
+    source, the demo task, gives {train, val, test}). Read once per process and content:
+    validation and loading share it; each caller gets its own copy."""
+    _check_settings(dataset_cfg)
+    return copy.deepcopy(_read_rows_cached(*_cache_key(dataset_cfg)))
 
 
 def load_splits(dataset_cfg: DictConfig, tokenizer, max_length: int) -> Splits:
@@ -342,7 +349,6 @@ def load_splits(dataset_cfg: DictConfig, tokenizer, max_length: int) -> Splits:
 
     A split the config asks for (val_size or test_size > 0) that cleaning leaves empty is a
     DataError; one smaller than MIN_SPLIT_ROWS is used with a warning (log and record)."""
-    validate_dataset(dataset_cfg)
     raw = read_rows(dataset_cfg)
     counts: dict = {}
     where = dataset_cfg.path or dataset_cfg.name

@@ -88,7 +88,8 @@ def write_task_yamls(folder: Path, docs: Path, scorer: str) -> None:
     """harness_task and harness_perplexity over the docs file."""
     from harness.tasks import scoring
 
-    metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in scoring.metric_names(scorer)]
+    metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+               for m in scoring.metric_names(scorer)]
     _write_yaml(folder, "harness_task",
                 _local(TASKS_DIR / "_harness_task_yaml", "harness_task", docs, metric_list=metrics))
     _write_yaml(folder, "harness_perplexity",

@@ -48,17 +48,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, setting: str = "model.dtype") -> torch.dtype:
     """auto: bf16 on CUDA with bf16 support or on AVX-512-bf16 CPUs (~4x fp32 matmuls), else fp32.
 
-    fp16 is never chosen on CPU: its matmuls run ~60x slower than fp32 there.
+    fp16 is never chosen on CPU: its matmuls run ~60x slower than fp32 there. An unknown
+    name is a ConfigError naming `setting`.
     """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         return torch.bfloat16 if cpu_has_avx512_bf16() else torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"model.dtype={name!r}: choose one of auto, {', '.join(DTYPES)}")
+        raise ConfigError(f"{setting}={name!r}: choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
@@ -70,7 +71,7 @@ def compute_dtype(model_cfg: DictConfig, technique_cfg: DictConfig) -> torch.dty
     fp32, yet both compute in half precision.
     """
     if technique_cfg.name == "qlora":
-        return resolve_dtype(technique_cfg.compute_dtype)
+        return resolve_dtype(technique_cfg.compute_dtype, "technique.compute_dtype")
     return resolve_dtype(model_cfg.dtype)
 
 
@@ -93,6 +94,10 @@ def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: t
         cpu_bf16 = device().type == "cpu" and dtype == torch.bfloat16
         short = model_cfg.max_length <= EAGER_ATTENTION_MAX_LENGTH
         return "eager" if cpu_bf16 and short and technique_cfg.name != "qlora" else "sdpa"
+    return _attention_name(name)
+
+
+def _attention_name(name) -> str:
     if name not in ATTENTION and "/" not in str(name):
         raise ConfigError(f"model.attn_implementation={name!r}: choose one of null (auto), "
                           f"{', '.join(ATTENTION)} or a hub kernel (org/name)")
@@ -194,12 +199,9 @@ def validate_model(model_cfg: DictConfig) -> None:
     """Every model setting that can be checked without loading anything."""
     if model_cfg.source not in SOURCES:
         raise ConfigError(f"model.source={model_cfg.source!r}: choose one of {', '.join(SOURCES)}")
-    if model_cfg.dtype != "auto" and model_cfg.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={model_cfg.dtype!r}: choose one of auto, {', '.join(DTYPES)}")
-    name = model_cfg.attn_implementation
-    if name is not None and name not in ATTENTION and "/" not in str(name):
-        raise ConfigError(f"model.attn_implementation={name!r}: choose one of null (auto), "
-                          f"{', '.join(ATTENTION)} or a hub kernel (org/name)")
+    resolve_dtype(model_cfg.dtype)
+    if model_cfg.attn_implementation is not None:
+        _attention_name(model_cfg.attn_implementation)
     if model_cfg.max_length < 16:
         raise ConfigError(f"model.max_length={model_cfg.max_length}: must be >= 16")
     if model_cfg.source == "hub" and not model_cfg.path:
@@ -278,7 +280,7 @@ def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str,
               "attn_implementation": resolve_attention(model_cfg, technique_cfg, dtype)}
     if technique_cfg.name == "qlora":
         check_4bit_support()
-        compute = resolve_dtype(technique_cfg.compute_dtype)
+        compute = resolve_dtype(technique_cfg.compute_dtype, "technique.compute_dtype")
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=technique_cfg.quant_type,
             bnb_4bit_use_double_quant=technique_cfg.double_quant, bnb_4bit_compute_dtype=compute,

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.errors import ConfigError, TrainingError
-from harness.stages.model import DTYPES
+from harness.stages.model import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def validate_technique(technique_cfg: DictConfig) -> None:
         return
     if "r" not in technique_cfg:
         raise ConfigError(f"technique={name}: its config has no LoRA options; its YAML must "
-                          "extend lora_schema (qlora_schema for qlora)")
+                          "extend technique_lora_schema (technique_qlora_schema for qlora)")
     if technique_cfg.r <= 0:
         raise ConfigError(f"technique.r={technique_cfg.r}: the LoRA rank must be > 0")
     if technique_cfg.alpha <= 0:
@@ -47,9 +47,7 @@ def validate_technique(technique_cfg: DictConfig) -> None:
     if name == "qlora":
         if technique_cfg.quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"technique.quant_type={technique_cfg.quant_type!r}: nf4 or fp4")
-        if technique_cfg.compute_dtype not in ("auto", *DTYPES):
-            raise ConfigError(f"technique.compute_dtype={technique_cfg.compute_dtype!r}: "
-                              f"choose one of auto, {', '.join(DTYPES)}")
+        resolve_dtype(technique_cfg.compute_dtype, "technique.compute_dtype")
 
 
 def _target_modules(technique_cfg: DictConfig):

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from harness.config import offline
+from harness.stages.progress import Progress
 from harness.trial.record import Record, config_hash, deltas, load_record, run_command, run_dir
 from harness.trial.validate import validate
 
@@ -41,8 +42,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None,
         return done
     record = Record.start(folder, cfg, chash, run_command(overrides or []), overrides or [])
     log.info("run %s -> %s", chash[:12], folder)
-    from harness.stages.progress import Progress
-
     progress = Progress()
     try:
         metrics = _pipeline(cfg, record, monitors, progress)
