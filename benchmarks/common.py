@@ -49,11 +49,12 @@ def machine() -> str:
     return f"{device}; {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {pkgs}; {today}"
 
 
-def run_json(module: str, args: list[str], timeout: int = 3600) -> dict:
-    """Runs `python -m module args` in a fresh process (fresh peak-memory counters) and
-    parses the last stdout line as JSON."""
+def run_json(module: str, args: list[str], timeout: int = 3600,
+             env: dict[str, str] | None = None) -> dict:
+    """Runs `python -m module args` in a fresh process (fresh peak-memory counters), with
+    `env` added to the environment, and parses the last stdout line as JSON."""
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=ROOT)
+                         timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -119,6 +119,14 @@ class TrainConfig:
     # None: auto, on for runs of >= train.COMPILE_MIN_STEPS optimizer steps, where the one-off
     # compile pays back; true / false force it.
     compile: bool | None = None
+    # What torch.compile compiles: `blocks` compiles the repeated decoder block once and
+    # reuses it for every layer (a fraction of the cold compile time); `model` the whole
+    # model (can fuse across blocks, compiles far longer).
+    compile_scope: str = "blocks"
+    # The LM head and cross-entropy on the supervised (label != -100) positions only, fused so
+    # the logits are never materialised whole: auto (Liger on CUDA when installed, else
+    # cut-cross-entropy) | liger | cce | off (the model's own loss over every position's logits).
+    fused_loss: str = "auto"
     max_eval_rows: int = 64  # validation rows used for eval/loss during training
     merge_adapter: bool = False  # also save the adapter merged into the base weights
     resume: bool = True  # resume from the run's last checkpoint when one exists

@@ -58,6 +58,8 @@ class HistoryCallback(TrainerCallback):
         entry = {"step": state.global_step}
         if "loss" in logs:
             entry["train/loss"] = float(logs["loss"])
+        if "grad_norm" in logs:
+            entry["train/grad_norm"] = float(logs["grad_norm"])
         if "eval_loss" in logs:
             entry["eval/loss"] = float(logs["eval_loss"])
         if len(entry) > 1:

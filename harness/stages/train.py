@@ -23,6 +23,14 @@ import harness
 from harness.config.errors import ConfigError
 from harness.stages import logger, optimizer
 from harness.stages.data import Splits, to_trl
+from harness.stages.loss import (
+    Head,
+    SupervisedLM,
+    compiled,
+    find_head,
+    resolve_kernel,
+    validate_loss,
+)
 from harness.stages.model import compute_dtype
 from harness.stages.progress import Monitor, Progress
 
@@ -43,6 +51,8 @@ class TrainResult:
     grad_norm_first_step: float | None
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    loss: str = "full_logits"  # supervised: the loss from the supervised positions only
+    compiled: str | None = None  # train.compile_scope where the step was compiled
 
 
 @contextlib.contextmanager
@@ -67,18 +77,25 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class HarnessSFTTrainer(SFTTrainer):
-        """SFTTrainer with two changes:
+        """SFTTrainer with three changes:
 
-        - Off CUDA, the plain cross-entropy of `Trainer.compute_loss`: TRL's fused-lm-head
+        - With a `head` (train.fused_loss), the loss from the supervised positions only
+          (harness.stages.loss), through `Trainer.compute_loss` so its gradient-accumulation
+          and multi-device scaling apply unchanged.
+        - Else, off CUDA, the plain cross-entropy of `Trainer.compute_loss`: TRL's fused-lm-head
           log-prob kernel falls back to a torch tile loop without Triton that was several times
           slower per step on CPU (and only feeds its entropy/accuracy logs).
         - A test hook that turns the loss into NaN from a given step (failure isolation).
         """
 
         nan_from_step: int | None = None
+        head: Head | None = None
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            if torch.cuda.is_available():
+            if self.head is not None:
+                lm = SupervisedLM(model, self.head, self.accelerator.autocast)
+                out = Trainer.compute_loss(self, lm, inputs, *args, **kwargs)
+            elif torch.cuda.is_available():
                 out = super().compute_loss(model, inputs, *args, **kwargs)
             else:
                 inputs = {**inputs, "use_cache": False}
@@ -125,10 +142,10 @@ def validate_train(tr: DictConfig) -> None:
             raise ConfigError(f"train.{key}={tr[key]}: must be >= 0")
     if tr.max_eval_rows < 1:
         raise ConfigError(f"train.max_eval_rows={tr.max_eval_rows}: must be >= 1")
+    validate_loss(tr)
 
 
-def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype,
-               n_train: int | None = None):
+def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype):
     """SFTConfig from our config groups; every default that changes results is explicit."""
     from trl import SFTConfig
 
@@ -149,7 +166,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         **precision_flags(dtype),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=tr.gradient_checkpointing,
-        torch_compile=use_compile(tr, n_train),
+        torch_compile=False,  # train() compiles in place, by train.compile_scope
         max_length=cfg.model.max_length,
         packing=tr.packing,
         padding_free=tr.packing,
@@ -188,12 +205,28 @@ def _datasets(splits: Splits, cfg: DictConfig, use_chat: bool):
     return train, val
 
 
+def build_trainer(model, tokenizer, args, train_ds, val_ds, tr: DictConfig, callbacks=()):
+    """The harness's SFTTrainer, its loss path chosen by train.fused_loss."""
+    from transformers import PrinterCallback
+
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        processing_class=tokenizer, callbacks=list(callbacks),
+    )
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; HistoryCallback logs instead
+    trainer.nan_from_step = tr.inject_nan_at_step
+    trainer.head, why = find_head(model, resolve_kernel(tr.fused_loss))
+    log.info("training loss: %s (%s)", "supervised positions only" if trainer.head
+             else "full logits", why)
+    return trainer
+
+
 def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
           monitors: Sequence[Monitor] = (), progress: Progress | None = None) -> TrainResult:
     """Trains in place; resumes from the run's last checkpoint when there is one. `progress`
     (the caller's) is kept up to date at every step, also when training raises."""
     import datasets
-    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers import EarlyStoppingCallback
 
     from harness.stages.callbacks import GuardCallback, HistoryCallback, MonitorCallback
 
@@ -202,19 +235,15 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     use_chat = tokenizer.chat_template is not None
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None,
-                      compute_dtype(cfg.model, cfg.technique), len(train_ds))
-    if args.torch_compile:
+                      compute_dtype(cfg.model, cfg.technique))
+    compile_step = use_compile(cfg.train, len(train_ds))
+    if compile_step:
         log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))
     guard, history = GuardCallback(cfg.train.check_grads), HistoryCallback(progress)
     extra = [guard, history, MonitorCallback(monitors, progress)]
     if args.load_best_model_at_end:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = _trainer_class()(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-        processing_class=tokenizer, callbacks=extra,
-    )
-    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; HistoryCallback logs instead
-    trainer.nan_from_step = cfg.train.inject_nan_at_step
+    trainer = build_trainer(model, tokenizer, args, train_ds, val_ds, cfg.train, extra)
     resume = cfg.train.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
     if resume:
         log.info("resuming from the last checkpoint in %s", run_dir / "checkpoints")
@@ -222,11 +251,12 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     start_eval = (args.eval_strategy != "no" and not resume
                   and any(getattr(m, "eval_on_start", False) for m in monitors))
     start = time.perf_counter()
-    if start_eval:
-        with kept_random_state():  # the training then runs exactly as without it
-            trainer.evaluate()
-    if progress.stopped_at is None:
-        trainer.train(resume_from_checkpoint=True if resume else None)
+    with compiled(model, cfg.train.compile_scope) if compile_step else contextlib.nullcontext():
+        if start_eval:
+            with kept_random_state():  # the training then runs exactly as without it
+                trainer.evaluate()
+        if progress.stopped_at is None:
+            trainer.train(resume_from_checkpoint=True if resume else None)
     train_s = time.perf_counter() - start
     state = trainer.state
     progress.steps, progress.train_tokens = int(state.global_step), int(state.num_input_tokens_seen)
@@ -244,4 +274,6 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
         grad_norm_first_step=guard.first_grad_norm,
         history=history.history,
         stopped_early=state.global_step < state.max_steps,
+        loss=f"supervised ({trainer.head.kernel})" if trainer.head else "full_logits",
+        compiled=cfg.train.compile_scope if compile_step else None,
     )

@@ -123,7 +123,7 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     record.update(data=splits.counts, metrics={"params/trainable": trainable, "params/total": total})
     with timer("train"):
         result = train(model, tokenizer, splits, cfg, record.folder, monitors, progress)
-    record.update(history=result.history)
+    record.update(history=result.history, training={"loss": result.loss, "compiled": result.compiled})
     if progress.stopped_at is not None:
         return _spent(progress)
     save_artifacts(model, tokenizer, record.folder, cfg.train.merge_adapter)
