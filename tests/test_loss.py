@@ -91,12 +91,12 @@ def test_the_lm_head_never_sees_the_unsupervised_positions(make_cfg, tmp_path, m
     assert kernel_rows == [supervised]
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_training_follows_the_same_curve_and_the_record_says_which_loss(make_cfg, tmp_path, packing):
+@pytest.mark.parametrize("setting", ["train.packing=false", "train.packing=true",
+                                     "train.gradient_checkpointing=true"])
+def test_training_follows_the_same_curve_and_the_record_says_which_loss(make_cfg, tmp_path, setting):
     runs = {}
     for fused in ("off", "auto"):
-        cfg = make_cfg("technique=lora", "train.max_steps=6", f"train.packing={packing}",
-                       f"train.fused_loss={fused}")
+        cfg = make_cfg("technique=lora", "train.max_steps=6", setting, f"train.fused_loss={fused}")
         ready = prepare(cfg)
         runs[fused] = train(ready.model, ready.tokenizer, ready.splits, cfg, tmp_path / fused)
     curves = {k: [h["train/loss"] for h in r.history if "train/loss" in h] for k, r in runs.items()}

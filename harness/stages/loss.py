@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def find_head(model: nn.Module, kernel: str | None) -> tuple[Head | None, str]:
     lm_head = base.get_output_embeddings()
     if lm_head is None:
         return None, f"{type(base).__name__} has no LM head"
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return None, f"{type(base).__name__}.forward computes every position's logits"
     softcap = getattr(base.config, "final_logit_softcapping", None)
     return Head(lm_head, softcap, kernel), f"kernel {kernel}"
 

@@ -36,9 +36,11 @@ from harness.stages.progress import Monitor, Progress
 
 log = logging.getLogger(__name__)
 
-# train.compile=null (auto) compiles runs of at least this many optimizer steps, where the
-# one-off compile has paid for itself (measured: BENCHMARKS.md "When compiling pays back").
-COMPILE_MIN_STEPS = 200
+# train.compile=null (auto) compiles runs of at least this many optimizer steps. The regional
+# compile pays back after ~140 steps from an empty kernel cache and ~45 with an earlier
+# trial's kernels in paths.cache_dir (BENCHMARKS.md "When compiling pays back"): at 100 a lone
+# first run loses a little, a sweep's later trials gain.
+COMPILE_MIN_STEPS = 100
 
 
 @dataclass
