@@ -171,8 +171,8 @@ def step_memory(model_name: str, batch: int, before: bool, overrides: list[str] 
 
     tracker = Tracker()
     tracker.track_external(model)
-    # eager throughout: a dispatch mode cannot run inside compiled code (cut-cross-entropy's
-    # CPU kernel is a compiled function: eager it holds more, so this bounds it from above)
+    # eager throughout: a dispatch mode cannot run inside compiled code (the CPU loss kernel
+    # is a compiled function: eager it holds more, so this bounds it from above)
     with torch.compiler.set_stance("force_eager"), tracker:
         loss = trainer.compute_loss(model, dict(batch_in), num_items_in_batch=items)
         loss.backward()
@@ -366,8 +366,8 @@ def _throughput_section(res: dict, memory: dict, setting: str, device: str) -> s
         + table(["target", "measured", "verdict"], targets)
         + "\n\n"
         f"{share:.0%} of the training tokens carry a label (the JSON answer); the harness "
-        "runs the LM head and the cross-entropy on those only (cut-cross-entropy on CPU, "
-        "Liger on CUDA), and compiles the decoder block once for all layers. `before` is the "
+        "runs the LM head and the cross-entropy on those only (matmul and cross-entropy "
+        "compiled together on CPU, Liger on CUDA), and compiles the decoder block once for all layers. `before` is the "
         "harness with `train.fused_loss=off train.compile_scope=model`, the path until "
         "2026-12-07. Every compiled side started from an empty kernel cache, so its first 2 "
         "steps hold a cold compile (left out of the steady tokens/s). Memory: one training step "

@@ -55,7 +55,7 @@ def test_supervised_loss_and_gradients_equal_the_full_logits_path(make_cfg, tmp_
     cfg = make_cfg(f"technique={technique}", f"train.packing={packing}")
     model, trainer, batch = trainer_and_batch(cfg, tmp_path)
     head = trainer.head
-    assert head is not None and head.kernel == "cce"
+    assert head is not None and head.kernel == "torch"
     full_loss, full_grads = loss_and_grads(model, trainer, batch, None)
     loss, grads = loss_and_grads(model, trainer, batch, head)
     assert loss == pytest.approx(full_loss, rel=4e-3)  # bf16 rounding
@@ -65,19 +65,17 @@ def test_supervised_loss_and_gradients_equal_the_full_logits_path(make_cfg, tmp_
 
 
 def test_the_lm_head_never_sees_the_unsupervised_positions(make_cfg, tmp_path, monkeypatch):
-    import cut_cross_entropy
-
     model, trainer, batch = trainer_and_batch(make_cfg("technique=lora"), tmp_path)
     head, head_inputs, kernel_rows = trainer.head, [], []
     lm_head = model.get_output_embeddings()
     lm_head.register_forward_hook(lambda _m, args, _out: head_inputs.append(args[0].shape))
-    real = cut_cross_entropy.linear_cross_entropy
+    real = loss_stage._compiled_cross_entropy
 
-    def spy(e, c, targets, **kwargs):
-        kernel_rows.append(e.shape[0])
-        return real(e, c, targets, **kwargs)
+    def spy(hidden, weight, targets, softcap):
+        kernel_rows.append(hidden.shape[0])
+        return real(hidden, weight, targets, softcap)
 
-    monkeypatch.setattr(cut_cross_entropy, "linear_cross_entropy", spy)
+    monkeypatch.setattr(loss_stage, "_compiled_cross_entropy", spy)
     rows, length = batch["input_ids"].shape
     supervised = int((batch["labels"][..., 1:] != -100).sum())
     assert 0 < supervised < rows * length / 2
@@ -102,31 +100,36 @@ def test_training_follows_the_same_curve_and_the_record_says_which_loss(make_cfg
     curves = {k: [h["train/loss"] for h in r.history if "train/loss" in h] for k, r in runs.items()}
     assert len(curves["auto"]) == 6 and curves["auto"][-1] < curves["auto"][0]
     assert curves["auto"] == pytest.approx(curves["off"], rel=1e-2), curves
-    assert runs["auto"].loss == "supervised (cce)" and runs["off"].loss == "full_logits"
+    assert runs["auto"].loss == "supervised (torch)" and runs["off"].loss == "full_logits"
 
 
 def test_models_whose_logits_are_not_the_plain_head_keep_their_own_loss(make_cfg, tmp_path):
     model = prepare(make_cfg("technique=lora")).model
-    head, why = loss_stage.find_head(model, "cce")
+    head, why = loss_stage.find_head(model, "torch")
     assert head is not None and head.softcap is None
     assert loss_stage.find_head(model, None) == (None, "train.fused_loss=off")
     model.get_base_model().config.model_type = "cohere"  # logits * logit_scale
-    head, why = loss_stage.find_head(model, "cce")
+    head, why = loss_stage.find_head(model, "torch")
     assert head is None and "'cohere'" in why
 
 
 def test_kernel_choice_per_device(monkeypatch):
     monkeypatch.setattr(loss_stage, "liger_available", lambda: True)
+    monkeypatch.setattr(loss_stage, "cce_available", lambda: True)
     assert loss_stage.resolve_kernel("auto", cuda=True) == "liger"
-    assert loss_stage.resolve_kernel("auto", cuda=False) == "cce"
+    assert loss_stage.resolve_kernel("auto", cuda=False) == "torch"
     assert loss_stage.resolve_kernel("off", cuda=True) is None
     monkeypatch.setattr(loss_stage, "liger_available", lambda: False)
     assert loss_stage.resolve_kernel("auto", cuda=True) == "cce"
+    monkeypatch.setattr(loss_stage, "cce_available", lambda: False)
+    assert loss_stage.resolve_kernel("auto", cuda=True) == "torch"
 
 
 @pytest.mark.parametrize(("override", "cuda", "message"), [
-    ("train.fused_loss=fast", False, "train.fused_loss='fast': choose one of auto, liger, cce, off"),
+    ("train.fused_loss=fast", False,
+     "train.fused_loss='fast': choose one of auto, liger, cce, torch, off"),
     ("train.fused_loss=liger", False, "train.fused_loss=liger needs CUDA"),
+    ("train.fused_loss=cce", False, "train.fused_loss=cce needs CUDA"),
     ("train.compile_scope=layer", False, "train.compile_scope='layer': choose one of blocks, model"),
 ])
 def test_bad_loss_settings_name_the_setting(make_cfg, override, cuda, message):
@@ -150,6 +153,22 @@ def test_regional_compile_compiles_each_block_only_while_training(make_cfg, monk
     with loss_stage.compiled(model, "model"):
         assert compiled == [model]
     assert model._compiled_call_impl is None
+
+
+def test_the_cpu_kernel_outlives_the_recompile_limit():
+    """A sweep trains many models in one process: past dynamo's recompile limit the kernel
+    runs eagerly, with the same result, instead of failing the trial."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 48, (5,), generator=gen)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for dtype, grad, softcap in [(torch.float32, True, None), (torch.bfloat16, False, None),
+                                     (torch.float32, False, 30.0)]:
+            hidden = torch.randn(5, 16, generator=gen).to(dtype).requires_grad_(grad)
+            weight = torch.randn(48, 16, generator=gen).to(dtype)
+            loss = loss_stage._compiled_cross_entropy(hidden, weight, targets, softcap)
+            eager = loss_stage._matmul_cross_entropy(hidden, weight, targets, softcap)
+            assert loss.item() == pytest.approx(eager.item(), rel=1e-2)
 
 
 @pytest.mark.slow

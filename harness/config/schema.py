@@ -125,7 +125,8 @@ class TrainConfig:
     compile_scope: str = "blocks"
     # The LM head and cross-entropy on the supervised (label != -100) positions only, fused so
     # the logits are never materialised whole: auto (Liger on CUDA when installed, else
-    # cut-cross-entropy) | liger | cce | off (the model's own loss over every position's logits).
+    # cut-cross-entropy; torch on CPU) | liger | cce | torch (compiled matmul and
+    # cross-entropy) | off (the model's own loss over every position's logits).
     fused_loss: str = "auto"
     max_eval_rows: int = 64  # validation rows used for eval/loss during training
     merge_adapter: bool = False  # also save the adapter merged into the base weights

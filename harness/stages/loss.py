@@ -5,8 +5,9 @@ the loss of the prompt and padding positions (label -100). Here the model's forw
 usual but asked for its last hidden states and the logits of one position per row only; the
 hidden states of the supervised positions are selected, and only those go through the LM
 head and the cross-entropy, fused by a library kernel so the logits tensor is never
-materialised whole: Liger-Kernel's fused linear cross-entropy on CUDA, Apple's
-cut-cross-entropy elsewhere (its torch.compile implementation runs on CPU). The loss is
+materialised whole: Liger-Kernel's fused linear cross-entropy on CUDA (or Apple's
+cut-cross-entropy), and on CPU the matmul and cross-entropy compiled together by
+torch.compile, which keeps the fp32 logits out of memory. The loss is
 normalised exactly as transformers' `ForCausalLMLoss` does, so loss and gradients equal the
 full-logits path's to rounding.
 
@@ -41,7 +42,7 @@ except ImportError:
     _LAST_HIDDEN = True
 
 IGNORE_INDEX = -100
-KERNELS = ("auto", "liger", "cce", "off")
+KERNELS = ("auto", "liger", "cce", "torch", "off")
 COMPILE_SCOPES = ("blocks", "model")
 
 # Model types whose causal-LM forward is `lm_head(decoder(...))` (optionally soft-capped):
@@ -58,17 +59,28 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+def cce_available() -> bool:
+    return importlib.util.find_spec("cut_cross_entropy") is not None
+
+
+_GPU_KERNELS = {"liger": ("Liger's", "liger-kernel", liger_available),
+                "cce": ("cut-cross-entropy's", "cut-cross-entropy", cce_available)}
+
+
 def validate_loss(tr: DictConfig, cuda: bool | None = None) -> None:
     """train.fused_loss and train.compile_scope, checked before anything loads."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if tr.fused_loss not in KERNELS:
         raise ConfigError(f"train.fused_loss={tr.fused_loss!r}: choose one of {', '.join(KERNELS)}")
-    if tr.fused_loss == "liger" and not cuda:
-        raise ConfigError("train.fused_loss=liger needs CUDA (Liger's kernels are Triton GPU "
-                          "kernels); use train.fused_loss=cce (or auto) on this machine")
-    if tr.fused_loss == "liger" and not liger_available():
-        raise ConfigError("train.fused_loss=liger: liger-kernel is not installed "
-                          "(pip install liger-kernel), or use train.fused_loss=cce")
+    if tr.fused_loss in _GPU_KERNELS:
+        whose, package, available = _GPU_KERNELS[tr.fused_loss]
+        if not cuda:
+            raise ConfigError(f"train.fused_loss={tr.fused_loss} needs CUDA ({whose} kernels are "
+                              "Triton GPU kernels); use train.fused_loss=torch (or auto) on "
+                              "this machine")
+        if not available():
+            raise ConfigError(f"train.fused_loss={tr.fused_loss}: {package} is not installed "
+                              f"(pip install {package}), or use train.fused_loss=auto")
     if tr.compile_scope not in COMPILE_SCOPES:
         raise ConfigError(f"train.compile_scope={tr.compile_scope!r}: choose one of "
                           f"{', '.join(COMPILE_SCOPES)}")
@@ -80,7 +92,9 @@ def resolve_kernel(setting: str, cuda: bool | None = None) -> str | None:
     if setting == "off":
         return None
     if setting == "auto":
-        return "liger" if cuda and liger_available() else "cce"
+        if cuda and liger_available():
+            return "liger"
+        return "cce" if cuda and cce_available() else "torch"
     return setting
 
 
@@ -119,6 +133,24 @@ def find_head(model: nn.Module, kernel: str | None) -> tuple[Head | None, str]:
     return Head(lm_head, softcap, kernel), f"kernel {kernel}"
 
 
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                   softcap: float | None) -> torch.Tensor:
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def _matmul_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          softcap: float | None) -> torch.Tensor:
+    return _cross_entropy(hidden @ weight.T, targets, softcap)
+
+
+# Not fullgraph: a process that trains many models (a sweep's trials, the tests) meets new
+# dtypes, grad modes and requires_grad flags, and past dynamo's recompile limit this runs
+# eagerly instead of failing.
+_compiled_cross_entropy = torch.compile(_matmul_cross_entropy, dynamic=True)
+
+
 def _linear_cross_entropy(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of `targets` under `lm_head(hidden)`, [n, d] -> scalar, in the
     dtype the LM head would run in (the autocast dtype where autocast is on)."""
@@ -134,20 +166,18 @@ def _linear_cross_entropy(head: Head, hidden: torch.Tensor, targets: torch.Tenso
         bias = lm.bias.to(weight.dtype) if lm.bias is not None else None
         return liger_fused_linear_cross_entropy(hidden, weight, targets, bias=bias,
                                                 reduction="sum", softcap=head.softcap)
-    if plain and lm.bias is None:
+    if plain and lm.bias is None and head.kernel == "cce" and hidden.is_cuda:
         from cut_cross_entropy import linear_cross_entropy
 
         # filter_eps=None: exact gradients (CCE's default skips softmax entries below a
         # threshold, a speed-up that changes the gradients).
-        extra = {"filter_eps": None, "impl": "cce"} if hidden.is_cuda else {"impl": "torch_compile"}
         return linear_cross_entropy(hidden, weight, targets, softcap=head.softcap,
-                                    reduction="sum", **extra)
+                                    reduction="sum", filter_eps=None, impl="cce")
+    if plain and lm.bias is None:
+        return _compiled_cross_entropy(hidden, weight, targets, head.softcap)
     # An adapter or quantised layer on the LM head, or a bias: the module itself, on the
     # supervised rows only.
-    logits = lm(hidden).float()
-    if head.softcap:
-        logits = torch.tanh(logits / head.softcap) * head.softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return _cross_entropy(lm(hidden), targets, head.softcap)
 
 
 def supervised_loss(model: nn.Module, head: Head, autocast, labels: torch.Tensor,
