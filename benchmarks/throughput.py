@@ -409,8 +409,8 @@ def _compile_section(res: dict, setting: str, device: str) -> str:
         "trials sharing `paths.cache_dir/torchinductor` find them. Pay-back: the first 2 "
         "steps' seconds beyond two eager steps, over the seconds a compiled step saves.\n\n"
         f"`train.compile=null` (auto) compiles runs of at least `COMPILE_MIN_STEPS` = "
-        f"{COMPILE_MIN_STEPS} optimizer steps (harness/stages/train.py), set from these "
-        "pay-back points."
+        f"{COMPILE_MIN_STEPS['cpu']} optimizer steps on CPU (harness/stages/train.py), set "
+        "from these pay-back points."
     )
 
 

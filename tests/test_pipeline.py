@@ -170,22 +170,29 @@ def test_resume_continues_at_saved_step(make_cfg, tmp_path):
     assert state["global_step"] == 8
 
 
-def test_compile_auto_is_on_only_for_runs_that_pay_it_back(make_cfg, tmp_path):
-    from harness.stages.train import COMPILE_MIN_STEPS, sft_config, use_compile
+def test_compile_auto_is_on_only_for_runs_that_pay_it_back(make_cfg, tmp_path, monkeypatch):
+    from harness.stages import train as train_stage
+    from harness.stages.train import sft_config, use_compile
 
     def compiled(*overrides, n_train=None):
         cfg = make_cfg(*overrides)
         assert cfg.train.compile in (None, True, False)
         return use_compile(cfg.train, n_train)
 
-    assert compiled() is False  # the tests' 8 steps
-    assert compiled(f"train.max_steps={COMPILE_MIN_STEPS}") is True
-    assert compiled("train.max_steps=0", "train.epochs=1") is False  # row count unknown
-    assert compiled("train.max_steps=0", "train.epochs=1", n_train=4 * COMPILE_MIN_STEPS) is True
-    assert compiled("train.max_steps=0", "train.epochs=1", "train.grad_accum=2",
-                    n_train=4 * COMPILE_MIN_STEPS) is False  # half as many optimizer steps
-    assert compiled("train.compile=true") is True
-    assert compiled(f"train.max_steps={COMPILE_MIN_STEPS}", "train.compile=false") is False
+    for device in ("cpu", "cuda"):  # each device pays back after its own number of steps
+        monkeypatch.setattr(train_stage, "device_type", lambda d=device: d)
+        min_steps = train_stage.COMPILE_MIN_STEPS[device]
+        assert compiled() is False  # the tests' 8 steps
+        assert compiled(f"train.max_steps={min_steps}") is True
+        assert compiled(f"train.max_steps={min_steps - 1}") is False
+        assert compiled("train.max_steps=0", "train.epochs=1") is False  # row count unknown
+        assert compiled("train.max_steps=0", "train.epochs=1", n_train=4 * min_steps) is True
+        assert compiled("train.max_steps=0", "train.epochs=1", "train.grad_accum=2",
+                        n_train=4 * min_steps) is False  # half as many optimizer steps
+        assert compiled("train.compile=true") is True
+        assert compiled(f"train.max_steps={min_steps}", "train.compile=false") is False
+    assert train_stage.COMPILE_MIN_STEPS["cuda"] > train_stage.COMPILE_MIN_STEPS["cpu"]
+    monkeypatch.setattr(train_stage, "device_type", lambda: "cpu")
     # train() compiles in place (train.compile_scope); the Trainer's own whole-model compile
     # stays off, so nothing compiles twice and no process-wide flag is set as a side effect.
     cfg = make_cfg("train.compile=true")
@@ -261,6 +268,76 @@ def test_attention_auto_is_eager_only_for_short_bf16_cpu_training(make_cfg, tmp_
     assert model.config._attn_implementation == "eager"
 
 
+def test_packed_training_on_cuda_gets_a_varlen_kernel_or_a_warning(make_cfg, monkeypatch, caplog):
+    import harness.stages.model as model_stage
+
+    monkeypatch.setattr(model_stage, "device", lambda: torch.device("cuda"))
+    found: set[str] = set()
+    monkeypatch.setattr(model_stage, "installed", lambda module: module in found)
+    cfg = make_cfg("technique=lora")
+
+    def pick(dtype=torch.bfloat16, packing=True):
+        return resolve_attention(cfg.model, cfg.technique, dtype, packing)
+
+    assert pick(packing=False) == "sdpa"
+    assert pick() == "sdpa" and "pip install flash-attn" in caplog.text
+    found.add("flash_attn")
+    assert pick() == pick(torch.float16) == "flash_attention_2"
+    found.add("flash_attn_interface")
+    assert pick() == "flash_attention_3"
+    caplog.clear()
+    assert pick(torch.float32) == "sdpa" and "needs bf16 or fp16" in caplog.text
+    forced = make_cfg("technique=lora", "model.attn_implementation=eager")
+    assert resolve_attention(forced.model, forced.technique, torch.bfloat16, True) == "eager"
+
+
+def test_models_load_straight_onto_the_device(make_cfg, monkeypatch):
+    import transformers
+
+    import harness.stages.model as model_stage
+
+    seen = {}
+
+    def from_pretrained(folder, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    for technique in ("full", "lora", "qlora"):
+        cfg = make_cfg(f"technique={technique}")
+        for name in ("cpu", "cuda"):
+            monkeypatch.setattr(model_stage, "device", lambda n=name: torch.device(n))
+            monkeypatch.setattr(model_stage, "check_4bit_support", lambda: None)
+            with pytest.raises(RuntimeError, match="stop here"):
+                load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+            assert seen.pop("device_map") == {"": name}
+
+
+@pytest.mark.parametrize("technique", ["lora", "qlora"])
+def test_merged_weights_are_saved_from_a_copy(make_cfg, tmp_path, technique):
+    """train.merge_adapter: the saved merged model computes what the adapter does, and the
+    trained model keeps its adapter (evaluation decides for itself whether to merge)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.trial.run import save_artifacts
+
+    cfg = make_cfg(f"technique={technique}", "train.max_steps=3", "train.merge_adapter=true")
+    model, tok, splits = build(cfg)
+    train(model, tok, splits, cfg, tmp_path / "run")
+    save_artifacts(model, tok, tmp_path / "run", cfg)
+    assert hasattr(model, "merge_and_unload")  # still the adapter model
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged", dtype=torch.float32)
+    batch = tok([response_text(r) for r in splits.train[:2]], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch).logits.float()
+        got = merged(**batch).logits
+        with model.disable_adapter():
+            base = model(**batch).logits.float()
+    off, trained = (got - want).abs().max(), (base - want).abs().max()
+    assert off < 0.2 * trained, (off, trained)  # the merge carries what training changed
+
+
 def test_eager_and_sdpa_attention_give_the_same_loss(make_cfg, tmp_path):
     cfg = make_cfg("technique=lora")
     model, tok, splits = build(cfg)
@@ -306,7 +383,7 @@ def test_unknown_option_fails_at_composition(make_cfg, tmp_path):
 @pytest.mark.parametrize("technique", ["full", "lora", "dora", "qlora"])
 @pytest.mark.parametrize("dtype, cuda, bf16_native, expect", [
     ("bf16", False, False, "bf16"), ("fp32", False, False, "fp32"), ("fp16", True, True, "fp16"),
-    ("auto", True, True, "bf16"), ("auto", True, False, "fp32"), ("auto", False, False, "fp32"),
+    ("auto", True, True, "bf16"), ("auto", True, False, "fp16"), ("auto", False, False, "fp32"),
 ])
 def test_precision_flags_come_from_the_compute_dtype(make_cfg, tmp_path, monkeypatch, technique, dtype,
                                                      cuda, bf16_native, expect):
@@ -325,6 +402,18 @@ def test_precision_flags_come_from_the_compute_dtype(make_cfg, tmp_path, monkeyp
     if not cuda:  # TrainingArguments checks the real device: build it on this one
         args = sft_config(cfg, tmp_path / "ckpt", True, compute)
         assert (args.bf16, args.fp16) == (flags["bf16"], flags["fp16"])
+
+
+@pytest.mark.parametrize("technique", ["full", "lora"])
+def test_fp16_autocast_trains_with_fp32_weights_that_train(make_cfg, tmp_path, technique):
+    """fp16 (dtype=auto on GPUs without native bf16): the loss is scaled and what trains stays
+    fp32 (master weights, PEFT's adapters), so unscaling never meets an fp16 gradient."""
+    cfg = make_cfg(f"technique={technique}", "model.dtype=fp16", "train.max_steps=4")
+    model, tok, splits = build(cfg)
+    result = train(model, tok, splits, cfg, tmp_path / "run")
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
 
 
 def test_qlora_trains_under_autocast_though_its_norms_are_fp32(make_cfg, tmp_path, monkeypatch):

@@ -116,8 +116,8 @@ class TrainConfig:
     group_by_length: bool = True  # batch rows of similar length: less padding
     gradient_checkpointing: bool = False
     # torch.compile the training step (fuses the element-wise passes around the matmuls).
-    # None: auto, on for runs of >= train.COMPILE_MIN_STEPS optimizer steps, where the one-off
-    # compile pays back; true / false force it.
+    # None: auto, on for runs of >= train.COMPILE_MIN_STEPS[device] optimizer steps, where the
+    # one-off compile pays back; true / false force it.
     compile: bool | None = None
     # What torch.compile compiles: `blocks` compiles the repeated decoder block once and
     # reuses it for every layer (a fraction of the cold compile time); `model` the whole
@@ -131,7 +131,13 @@ class TrainConfig:
     max_eval_rows: int = 64  # validation rows used for eval/loss during training
     merge_adapter: bool = False  # also save the adapter merged into the base weights
     resume: bool = True  # resume from the run's last checkpoint when one exists
-    deterministic: bool = True
+    # Deterministic kernels and seeded everything. None: auto, on on CPU (exact reruns, at
+    # no measurable cost), off on CUDA (deterministic cuBLAS/attention kernels are slower and
+    # bf16 GPU runs are still not bit-exact).
+    deterministic: bool | None = None
+    # TF32 matmuls for fp32 tensors on CUDA (Ampere and later). None: on where the GPU has
+    # them; false: exact fp32. Set per trial, never left over from an earlier one.
+    tf32: bool | None = None
     check_grads: bool = True  # fail when adapter gradients are zero after the first step
     # Test hook: replace the loss with NaN from this step on (failure-isolation tests).
     inject_nan_at_step: int | None = None

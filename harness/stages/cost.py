@@ -9,8 +9,11 @@ the weight-gradient half of the backward pass is skipped for frozen weights, ~4N
 from __future__ import annotations
 
 import contextlib
+import gc
+import re
 import resource
 import sys
+import threading
 import time
 
 import torch
@@ -41,8 +44,62 @@ def device_info() -> tuple[str, int]:
     return "cpu", 1
 
 
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak memory per phase: `with peaks("train"): ...` then `peaks.gb`. CUDA: the peak
+    allocated since the phase began (the counter is reset on entry, so an earlier trial in
+    the same process never shows through). CPU: this process's resident memory, sampled
+    every `interval` seconds by a thread (the kernel's own peak cannot be reset)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.gb: dict[str, float] = {}
+        self.interval = interval
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                yield
+            finally:
+                self._keep(phase, torch.cuda.max_memory_allocated())
+            return
+        peak, done = [_rss_bytes()], threading.Event()
+
+        def sample():
+            while not done.wait(self.interval):
+                peak[0] = max(peak[0], _rss_bytes())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            done.set()
+            sampler.join()
+            self._keep(phase, max(peak[0], _rss_bytes()))
+
+    def _keep(self, phase: str, peak_bytes: int) -> None:
+        self.gb[phase] = max(self.gb.get(phase, 0.0), peak_bytes / 1e9)
+
+
+def free_memory() -> None:
+    """Returns what the last stage dropped (optimizer state, gradients, a model) to the
+    allocator and, on CUDA, the cached blocks to the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def peak_memory_gb() -> float:
-    """Peak device memory: CUDA max allocated, else this process's peak RSS."""
+    """This process's peak so far: CUDA max allocated, else peak RSS (benchmarks that run one
+    configuration per process; trials use PeakMemory)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 1e9
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -60,16 +117,19 @@ def validate_cost(cost_cfg: DictConfig) -> None:
                           f"cost.prices.{cost_cfg.device}=<$/hour>")
 
 
+def _tokens(name: str) -> set[str]:
+    return set(re.findall(r"[A-Z0-9]+", name.upper()))
+
+
 def _lookup(prices: dict, key: str) -> str | None:
-    """The price-table key for a device: exact, else a key the name contains ("NVIDIA H100
-    80GB HBM3" -> H100), longest match first."""
+    """The price-table key for a device: exact, else the key whose every word is a word of
+    the name ("NVIDIA A100-SXM4-80GB" -> A100-80GB, "NVIDIA H100 80GB HBM3" -> H100,
+    "NVIDIA L40S" -> L40S and never L4), the most specific match first."""
     if key in prices:
         return key
-    norm = key.upper().replace(" ", "-")
-    for name in sorted(prices, key=len, reverse=True):
-        if name.upper() in norm or name.upper().replace("-", " ") in key.upper():
-            return name
-    return None
+    words = _tokens(key)
+    matches = [name for name in prices if _tokens(name) and _tokens(name) <= words]
+    return max(matches, key=lambda name: (len(_tokens(name)), len(name)), default=None)
 
 
 def price_per_hour(cost_cfg: DictConfig, device_name: str) -> tuple[str, float]:
@@ -91,7 +151,8 @@ def train_flops(tokens: int, total_params: int, trainable_params: int) -> float:
 
 
 def cost_metrics(cost_cfg: DictConfig, seconds: dict[str, float], train_tokens: int,
-                 trainable: int, total: int) -> tuple[dict[str, float], dict]:
+                 trainable: int, total: int, peaks: dict[str, float] | None = None
+                 ) -> tuple[dict[str, float], dict]:
     """Cost, speed, memory and size metrics, plus the device facts for the record."""
     name, count = device_info()
     priced_as, usd_per_hour = price_per_hour(cost_cfg, name)
@@ -111,8 +172,18 @@ def cost_metrics(cost_cfg: DictConfig, seconds: dict[str, float], train_tokens: 
         "perf/tokens_per_s": train_tokens / train_s if train_s else 0.0,
         "perf/flops": flops,
         "perf/flops_per_s": flops / train_s if train_s else 0.0,
-        "mem/peak_gb": peak_memory_gb(),
+        **_memory_metrics(peaks),
         "params/trainable": float(trainable),
         "params/total": float(total),
         "params/trainable_share": trainable / total if total else 0.0,
     }, {"device": name, "device_count": count, "priced_as": priced_as}
+
+
+def _memory_metrics(peaks: dict[str, float] | None) -> dict[str, float]:
+    """mem/train_peak_gb and mem/eval_peak_gb from the trial's PeakMemory, and mem/peak_gb,
+    the larger (the process's peak so far where no phases were measured)."""
+    if not peaks:
+        return {"mem/peak_gb": peak_memory_gb()}
+    out = {f"mem/{phase}_peak_gb": gb for phase, gb in peaks.items()}
+    out["mem/peak_gb"] = max(peaks.values())
+    return out

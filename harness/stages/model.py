@@ -49,14 +49,18 @@ def device() -> torch.device:
 
 
 def resolve_dtype(name: str, setting: str = "model.dtype") -> torch.dtype:
-    """auto: bf16 on CUDA with bf16 support or on AVX-512-bf16 CPUs (~4x fp32 matmuls), else fp32.
+    """auto: bf16 where it is native (CUDA from Ampere on; AVX-512-bf16 CPUs, ~4x fp32
+    matmuls); fp16 on older GPUs (T4, V100), where the trainer scales the loss and the weights
+    that train stay fp32 (full fine-tuning's master weights, PEFT's adapters); else fp32.
 
     fp16 is never chosen on CPU: its matmuls run ~60x slower than fp32 there. An unknown
     name is a ConfigError naming `setting`.
     """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            # emulated bf16 (pre-Ampere) runs its matmuls slower than fp32
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            return torch.bfloat16 if native else torch.float16
         return torch.bfloat16 if cpu_has_avx512_bf16() else torch.float32
     if name not in DTYPES:
         raise ConfigError(f"{setting}={name!r}: choose one of auto, {', '.join(DTYPES)}")
@@ -79,17 +83,42 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 EAGER_ATTENTION_MAX_LENGTH = 1024  # eager keeps every T x T score for the backward pass
 
 
-def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: torch.dtype) -> str:
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# Varlen flash-attention kernels, best first: (transformers name, the module it needs).
+VARLEN_KERNELS = (("flash_attention_3", "flash_attn_interface"), ("flash_attention_2", "flash_attn"))
+
+
+def resolve_attention(model_cfg: DictConfig, technique_cfg: DictConfig, dtype: torch.dtype,
+                      packing: bool = False) -> str:
     """model.attn_implementation, with null (auto) resolved.
 
-    auto: transformers' `sdpa`, except bf16 training on CPU up to 1,024 tokens, where `eager`
-    attention (two batched matmuls and a softmax) is faster: torch's CPU flash-attention kernel
-    runs bf16 at about a tenth of the matmul rate. Eager keeps every T x T score for the
-    backward pass, which beyond 1,024 tokens costs more memory than the speed is worth; QLoRA
-    keeps sdpa. Measurements: docs/demo-task.md "Attention on CPU". Any transformers name or
-    hub kernel passes through.
+    auto: transformers' `sdpa`, except
+    - bf16 training on CPU up to 1,024 tokens, where `eager` attention (two batched matmuls
+      and a softmax) is faster: torch's CPU flash-attention kernel runs bf16 at about a tenth
+      of the matmul rate. Eager keeps every T x T score for the backward pass, which beyond
+      1,024 tokens costs more memory than the speed is worth; QLoRA keeps sdpa.
+      Measurements: docs/demo-task.md "Attention on CPU".
+    - packed half-precision training on CUDA: a varlen flash-attention kernel, which attends
+      within each packed sequence; sdpa would attend over the whole packed batch under a
+      block-diagonal mask (batch-size times the work). Without one installed: sdpa and a
+      warning saying what to install.
+    Any transformers name or hub kernel passes through.
     """
     name = model_cfg.get("attn_implementation")
+    if name is None and packing and device().type == "cuda":
+        if dtype in (torch.bfloat16, torch.float16):
+            for kernel, module in VARLEN_KERNELS:
+                if installed(module):
+                    return kernel
+        log.warning("train.packing=true on CUDA without a varlen attention kernel: sdpa "
+                    "attends over the whole packed batch. pip install flash-attn (or set "
+                    "model.attn_implementation to a hub kernel, e.g. "
+                    "kernels-community/flash-attn2)%s",
+                    "" if dtype != torch.float32 else "; flash attention needs bf16 or fp16")
+        return "sdpa"
     if name is None:
         cpu_bf16 = device().type == "cpu" and dtype == torch.bfloat16
         short = model_cfg.max_length <= EAGER_ATTENTION_MAX_LENGTH
@@ -270,14 +299,17 @@ def load_tokenizer(model_cfg: DictConfig, folder: str):
     return tokenizer
 
 
-def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str, seed: int):
-    """Loads the base model (4-bit for qlora) and its tokenizer, on the best device."""
+def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str, seed: int,
+               packing: bool = False):
+    """Loads the base model (4-bit for qlora) and its tokenizer, straight onto the best
+    device (`device_map`: never a whole copy in host memory first)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     folder = model_folder(model_cfg, cache_dir, seed)
     dtype = resolve_dtype(model_cfg.dtype)
     kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code,
-              "attn_implementation": resolve_attention(model_cfg, technique_cfg, dtype)}
+              "attn_implementation": resolve_attention(model_cfg, technique_cfg, dtype, packing),
+              "device_map": {"": str(device())}}
     if technique_cfg.name == "qlora":
         check_4bit_support()
         compute = resolve_dtype(technique_cfg.compute_dtype, "technique.compute_dtype")
@@ -285,13 +317,10 @@ def load_model(model_cfg: DictConfig, technique_cfg: DictConfig, cache_dir: str,
             load_in_4bit=True, bnb_4bit_quant_type=technique_cfg.quant_type,
             bnb_4bit_use_double_quant=technique_cfg.double_quant, bnb_4bit_compute_dtype=compute,
         )
-        kwargs["device_map"] = {"": str(device())}
     tokenizer = load_tokenizer(model_cfg, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if technique_cfg.name == "qlora":
         log.info("4-bit CPU repack disabled on %d layers", disable_4bit_cpu_repack(model))
-    else:
-        model.to(device())
     log.info("loaded %s from %s (%s, %s, %s attention)", model_cfg.name, folder, dtype, device(),
              kwargs["attn_implementation"])
     return model, tokenizer

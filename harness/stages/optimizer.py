@@ -7,8 +7,10 @@ from omegaconf import DictConfig
 
 from harness.config.errors import ConfigError
 
-# optimizer.name -> transformers' `optim` name
+# optimizer.name -> transformers' `optim` name, per device: on CUDA torch's fused AdamW
+# (one kernel for every parameter's update instead of several per tensor; same maths).
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}
+CUDA_OPTIMIZERS = {"adamw": "adamw_torch_fused"}
 SCHEDULERS = ("cosine", "linear", "constant")
 
 
@@ -28,10 +30,11 @@ def validate_optimizer(opt: DictConfig) -> None:
         raise ConfigError("optimizer.weight_decay and optimizer.max_grad_norm must be >= 0")
 
 
-def trainer_args(opt: DictConfig) -> dict:
+def trainer_args(opt: DictConfig, device_type: str = "cpu") -> dict:
     """The optimizer and schedule as TrainingArguments keywords."""
+    optimizers = {**OPTIMIZERS, **CUDA_OPTIMIZERS} if device_type == "cuda" else OPTIMIZERS
     return {
-        "optim": OPTIMIZERS[opt.name],
+        "optim": optimizers[opt.name],
         "learning_rate": opt.lr,
         "weight_decay": opt.weight_decay,
         "adam_beta1": opt.betas[0],

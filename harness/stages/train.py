@@ -36,11 +36,38 @@ from harness.stages.progress import Monitor, Progress
 
 log = logging.getLogger(__name__)
 
-# train.compile=null (auto) compiles runs of at least this many optimizer steps. The regional
-# compile pays back after ~140 steps from an empty kernel cache and ~45 with an earlier
-# trial's kernels in paths.cache_dir (BENCHMARKS.md "When compiling pays back"): at 100 a lone
-# first run loses a little, a sweep's later trials gain.
-COMPILE_MIN_STEPS = 100
+# train.compile=null (auto) compiles runs of at least this many optimizer steps. CPU: the
+# regional compile pays back after ~140 steps from an empty kernel cache and ~45 with an
+# earlier trial's kernels in paths.cache_dir (BENCHMARKS.md "When compiling pays back"): at
+# 100 a lone first run loses a little, a sweep's later trials gain. CUDA: a step takes
+# milliseconds to a second, so the same compile takes far more steps to pay back; 1,000 is
+# an estimate until scripts/gpu_check.sh has measured it.
+COMPILE_MIN_STEPS = {"cpu": 100, "cuda": 1000}
+# Steps between loss logs: each log is a device-to-host sync, free on CPU, a stall on CUDA.
+LOG_EVERY = {"cpu": 1, "cuda": 10}
+# Rows are tokenized before training and collate in microseconds; on CUDA two workers keep
+# the (pinned) next batch ready. The SLURM presets' cpus_per_task count them.
+DATALOADER_WORKERS = {"cpu": 0, "cuda": 2}
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_deterministic(tr: DictConfig) -> bool:
+    """train.deterministic, with None (auto) resolved per device: on on CPU, off on CUDA."""
+    return tr.deterministic if tr.deterministic is not None else device_type() == "cpu"
+
+
+def use_tf32(tr: DictConfig) -> bool:
+    """train.tf32, with None (auto) resolved: on where the GPU has TF32 matmuls."""
+    from transformers.utils import is_torch_tf32_available
+
+    available = is_torch_tf32_available()
+    if tr.tf32 and not available:
+        raise ConfigError("train.tf32=true needs an Ampere or newer NVIDIA GPU; use "
+                          "train.tf32=null (auto) or false")
+    return available if tr.tf32 is None else bool(tr.tf32)
 
 
 @dataclass
@@ -122,7 +149,8 @@ def keep_compiled_kernels(cache_dir: str | Path) -> Path:
 
 def use_compile(train_cfg: DictConfig, n_train: int | None = None) -> bool:
     """train.compile, with None (auto) resolved: on when the run is long enough to pay back
-    the one-off compile. Epoch-based runs need `n_train` (training rows) to count steps."""
+    the one-off compile on this device. Epoch-based runs need `n_train` (training rows) to
+    count steps."""
     if train_cfg.compile is not None:
         return bool(train_cfg.compile)
     if train_cfg.max_steps > 0:
@@ -131,7 +159,7 @@ def use_compile(train_cfg: DictConfig, n_train: int | None = None) -> bool:
         steps = train_cfg.epochs * math.ceil(n_train / (train_cfg.batch_size * train_cfg.grad_accum))
     else:
         return False
-    return steps >= COMPILE_MIN_STEPS
+    return steps >= COMPILE_MIN_STEPS[device_type()]
 
 
 def validate_train(tr: DictConfig) -> None:
@@ -164,8 +192,9 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         per_device_train_batch_size=tr.batch_size,
         per_device_eval_batch_size=tr.batch_size,
         gradient_accumulation_steps=tr.grad_accum,
-        **optimizer.trainer_args(cfg.optimizer),
+        **optimizer.trainer_args(cfg.optimizer, device_type()),
         **precision_flags(dtype),
+        tf32=use_tf32(tr),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=tr.gradient_checkpointing,
         torch_compile=False,  # train() compiles in place, by train.compile_scope
@@ -180,14 +209,15 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         save_total_limit=tr.save_total_limit,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
-        logging_steps=1,
+        logging_steps=LOG_EVERY[device_type()],
         logging_nan_inf_filter=False,  # a NaN loss must reach GuardCallback, not be averaged away
         report_to=logger.report_to(cfg.logger, cfg.paths.log_dir),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        full_determinism=tr.deterministic,
+        full_determinism=use_deterministic(tr),
         include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
+        dataloader_num_workers=DATALOADER_WORKERS[device_type()],
+        dataloader_pin_memory=device_type() == "cuda",
         disable_tqdm=True,
         dataset_num_proc=None,
     )
@@ -267,6 +297,10 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     evals = [h["eval/loss"] for h in history.history if "eval/loss" in h]
     if val_ds is not None and not evals and progress.stopped_at is None:
         evals = [trainer.evaluate()["eval_loss"]]  # final validation loss for the record
+    # The optimizer state (2x the trainable weights for AdamW) is not needed past here; the
+    # accelerator keeps its own references to it.
+    trainer.accelerator.free_memory()
+    trainer.optimizer = trainer.lr_scheduler = None
     return TrainResult(
         steps=state.global_step,
         train_loss=sum(losses[-5:]) / max(len(losses[-5:]), 1) if losses else float("nan"),

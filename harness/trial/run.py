@@ -8,7 +8,6 @@ is the part before training, shared by run, tests and benchmarks.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +81,7 @@ def prepare(cfg: DictConfig, timer: Any = None,
     from harness.stages.data import load_splits
     from harness.stages.model import load_model, load_tokenizer, model_folder
     from harness.stages.technique import apply_technique
+    from harness.stages.train import use_deterministic
 
     timer = timer or Timer()
     folder = model_folder(cfg.model, cfg.paths.cache_dir, cfg.seed)
@@ -91,22 +91,23 @@ def prepare(cfg: DictConfig, timer: Any = None,
     if on_data is not None:
         on_data(splits)
     with timer("load"):
-        model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
-        set_seed(cfg.seed, deterministic=cfg.train.deterministic)
+        model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed,
+                              packing=cfg.train.packing)
+        set_seed(cfg.seed, deterministic=use_deterministic(cfg.train))
         model = apply_technique(model, cfg.technique, cfg.train.gradient_checkpointing)
     return Prepared(model, tokenizer, splits)
 
 
 def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
               progress: Any) -> dict[str, float]:
-    from harness.stages.cost import Timer, cost_metrics
+    from harness.stages.cost import PeakMemory, Timer, cost_metrics, free_memory
     from harness.stages.evaluate import base_model_metrics, evaluate
     from harness.stages.model import compute_dtype
     from harness.stages.technique import count_params, for_inference
     from harness.stages.train import train
     from harness.tasks import scoring
 
-    timer = Timer()
+    timer, peaks = Timer(), PeakMemory()
     base: dict[str, float] = {}
 
     def score_base(splits) -> None:
@@ -121,21 +122,23 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     model, tokenizer, splits = ready.model, ready.tokenizer, ready.splits
     trainable, total = count_params(model)
     record.update(data=splits.counts, metrics={"params/trainable": trainable, "params/total": total})
-    with timer("train"):
+    with timer("train"), peaks("train"):
         result = train(model, tokenizer, splits, cfg, record.folder, monitors, progress)
+    free_memory()  # the optimizer state and gradients, before evaluation loads anything
     record.update(history=result.history, training={"loss": result.loss, "compiled": result.compiled})
     if progress.stopped_at is not None:
         return _spent(progress)
-    save_artifacts(model, tokenizer, record.folder, cfg.train.merge_adapter)
-    with timer("eval"):
+    save_artifacts(model, tokenizer, record.folder, cfg)
+    with timer("eval"), peaks("eval"):
         model = for_inference(model, cfg.technique, compute_dtype(cfg.model, cfg.technique),
                               cfg.eval.merge_adapters)
         metrics = evaluate(model, tokenizer, cfg.eval, splits.test, record.folder / "eval",
                            cfg.seed, scoring.resolve(cfg.eval.scorer, cfg.dataset.source))
     del model
-    gc.collect()
+    free_memory()
     metrics.update(deltas(metrics, base))
-    costs, device = cost_metrics(cfg.cost, timer.seconds, result.train_tokens, trainable, total)
+    costs, device = cost_metrics(cfg.cost, timer.seconds, result.train_tokens, trainable, total,
+                                 peaks.gb)
     record.update(env=device)
     metrics.update(costs)
     metrics.update({
@@ -147,16 +150,28 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     return metrics
 
 
-def save_artifacts(model, tokenizer, folder: Path, merge: bool) -> None:
-    """The adapter always (the whole model for full fine-tuning); merged weights on request."""
+def save_artifacts(model, tokenizer, folder: Path, cfg: DictConfig) -> None:
+    """The adapter always (the whole model for full fine-tuning); with train.merge_adapter
+    also the adapter merged into its base (QLoRA's de-quantized to the compute dtype), merged
+    on a host-memory copy: the device never holds the model twice."""
     model.save_pretrained(folder / "adapter")
     tokenizer.save_pretrained(folder / "adapter")
-    if merge and hasattr(model, "merge_and_unload"):
+    if cfg.train.merge_adapter and hasattr(model, "merge_and_unload"):
         import copy
 
-        merged = copy.deepcopy(model).merge_and_unload()
+        from harness.stages.model import compute_dtype
+        from harness.stages.technique import for_inference
+
+        device = next(model.parameters()).device
+        model.to("cpu")
+        try:
+            merged = for_inference(copy.deepcopy(model), cfg.technique,
+                                   compute_dtype(cfg.model, cfg.technique), merge=True)
+        finally:
+            model.to(device)
         merged.save_pretrained(folder / "merged", safe_serialization=True)
         tokenizer.save_pretrained(folder / "merged")
+        del merged
 
 
 def _spent(progress: Any) -> dict[str, float]:
