@@ -18,6 +18,7 @@ from harness.stages.technique import apply_technique, check_adapter_grads, count
 from harness.stages.train import train
 from harness.trial.run import prepare
 from harness.trial.validate import validate
+from tests.conftest import ROOT
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PIPELINE = [
@@ -402,6 +403,80 @@ def test_precision_flags_come_from_the_compute_dtype(make_cfg, tmp_path, monkeyp
     if not cuda:  # TrainingArguments checks the real device: build it on this one
         args = sft_config(cfg, tmp_path / "ckpt", True, compute)
         assert (args.bf16, args.fp16) == (flags["bf16"], flags["fp16"])
+
+
+def test_device_defaults_resolve_per_device(make_cfg, tmp_path, monkeypatch):
+    """Choices measured on this CPU stay on CPUs: determinism, TF32, logging, loader workers
+    and the AdamW kernel each resolve by device; TF32 is set explicitly for every trial."""
+    import transformers.utils
+
+    from harness.stages import optimizer
+    from harness.stages import train as train_stage
+    from harness.stages.train import sft_config, use_deterministic, use_tf32
+
+    cfg = make_cfg()
+    assert cfg.train.deterministic is None and cfg.train.tf32 is None  # auto by default
+    args = sft_config(cfg, tmp_path / "ckpt", True, torch.bfloat16)
+    assert args.full_determinism is True and args.tf32 is False and args.logging_steps == 1
+    assert args.dataloader_num_workers == 0 and args.optim == "adamw_torch"
+    monkeypatch.setattr(train_stage, "device_type", lambda: "cuda")
+    assert use_deterministic(cfg.train) is False
+    assert use_deterministic(make_cfg("train.deterministic=true").train) is True
+    assert optimizer.trainer_args(cfg.optimizer, "cuda")["optim"] == "adamw_torch_fused"
+    assert optimizer.trainer_args(make_cfg("optimizer=adamw_8bit").optimizer,
+                                  "cuda")["optim"] == "adamw_bnb_8bit"
+    assert train_stage.LOG_EVERY["cuda"] > 1 and train_stage.DATALOADER_WORKERS["cuda"] > 0
+    for available, setting, want in [(True, None, True), (True, False, False),
+                                     (False, None, False)]:
+        monkeypatch.setattr(transformers.utils, "is_torch_tf32_available", lambda a=available: a)
+        assert use_tf32(make_cfg(f"train.tf32={'null' if setting is None else setting}").train) is want
+    with pytest.raises(ConfigError, match="train.tf32=true needs an Ampere"):
+        use_tf32(make_cfg("train.tf32=true").train)
+
+
+def test_gradient_checkpointing_auto_turns_on_for_big_models(make_cfg, monkeypatch):
+    from harness.stages import train as train_stage
+    from harness.stages.train import use_gradient_checkpointing
+
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    auto = make_cfg().train
+    assert auto.gradient_checkpointing is None
+    monkeypatch.setattr(train_stage, "CHECKPOINTING_MIN_PARAMS", 110)
+    assert use_gradient_checkpointing(auto, model) is True
+    assert use_gradient_checkpointing(make_cfg("train.gradient_checkpointing=false").train,
+                                      model) is False
+    monkeypatch.setattr(train_stage, "CHECKPOINTING_MIN_PARAMS", 111)
+    assert use_gradient_checkpointing(auto, model) is False
+    assert use_gradient_checkpointing(make_cfg("train.gradient_checkpointing=true").train,
+                                      model) is True
+
+
+def test_the_falcon_preset_names_projections_falcon_has(compose_cfg, tmp_path):
+    """target_modules=attention (the default) means the architecture's own attention
+    projections: Falcon's fused query_key_value and dense, not Llama's q/k/v/o_proj."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    def falcon():
+        return FalconForCausalLM(FalconConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4))
+
+    cfg = compose_cfg(["model=falcon_7b", "technique=lora"], tmp_path)
+    assert cfg.technique.target_modules == "attention"
+    model = apply_technique(falcon(), cfg.technique, False, cfg.model.attention_modules)
+    adapted = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == {"query_key_value", "dense"}
+    llama = compose_cfg(["technique=lora"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model.attention_modules=\['q_proj'"):
+        apply_technique(falcon(), llama.technique, False, llama.model.attention_modules)
+
+
+def test_the_slurm_preset_asks_for_the_cpus_a_trial_uses():
+    from omegaconf import OmegaConf
+
+    from harness.stages.train import DATALOADER_WORKERS
+
+    preset = OmegaConf.load(ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml")
+    assert preset.cpus_per_task >= DATALOADER_WORKERS["cuda"] + 1  # the trial itself too
 
 
 @pytest.mark.parametrize("technique", ["full", "lora"])

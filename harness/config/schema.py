@@ -29,6 +29,10 @@ class ModelConfig:
     # flash_attention_2, flex_attention, a hub kernel: passed to from_pretrained
     attn_implementation: str | None = None
     chat_template: bool = True  # false: plain-text prompts (models that ship no template)
+    # this architecture's attention projections: what technique.target_modules=attention
+    # (the adapters' default) names
+    attention_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     trust_remote_code: bool = False
     random: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs (source=random)
 
@@ -51,9 +55,10 @@ class LoraConfig(TechniqueConfig):
     r: int = 16  # higher rank: more capacity, more memory and trainable parameters
     alpha: int = 32  # scale = alpha / r; twice the rank is the usual starting point
     dropout: float = 0.0  # 0: no random masks, compiles well; 0.05-0.1 regularize
-    # the projections that get adapters: a list of module names, all-linear (+MLP: more
-    # capacity) or a regex
-    target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # the projections that get adapters: `attention` (the model's attention projections,
+    # model.attention_modules), all-linear (+MLP: more capacity), a list of module names or a
+    # regex
+    target_modules: Any = "attention"
 
 
 @dataclass
@@ -114,7 +119,11 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement (0: off)
     packing: bool = False  # true: pack rows into full sequences (no pad tokens)
     group_by_length: bool = True  # batch rows of similar length: less padding
-    gradient_checkpointing: bool = False
+    # Recompute each block's activations in the backward pass instead of keeping them (~a
+    # third more compute, activation memory / number of layers). None: auto, on for models
+    # of >= train.CHECKPOINTING_MIN_PARAMS parameters (7-8B at 2,048 tokens: ~37 GB of
+    # activations at batch 4 without it, ~3 GB with it; conf/model/llama3_8b.yaml).
+    gradient_checkpointing: bool | None = None
     # torch.compile the training step (fuses the element-wise passes around the matmuls).
     # None: auto, on for runs of >= train.COMPILE_MIN_STEPS[device] optimizer steps, where the
     # one-off compile pays back; true / false force it.

@@ -42,23 +42,27 @@ def validate_technique(technique_cfg: DictConfig) -> None:
         raise ConfigError(f"technique.dropout={technique_cfg.dropout}: must be in [0, 1)")
     targets = technique_cfg.target_modules
     if not isinstance(targets, str) and not (targets and all(isinstance(m, str) for m in targets)):
-        raise ConfigError(f"technique.target_modules={targets!r}: module names, all-linear "
-                          "or a regex")
+        raise ConfigError(f"technique.target_modules={targets!r}: attention, all-linear, "
+                          "module names or a regex")
     if name == "qlora":
         if technique_cfg.quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"technique.quant_type={technique_cfg.quant_type!r}: nf4 or fp4")
         resolve_dtype(technique_cfg.compute_dtype, "technique.compute_dtype")
 
 
-def _target_modules(technique_cfg: DictConfig):
+def _target_modules(technique_cfg: DictConfig, attention_modules):
     targets = technique_cfg.target_modules
+    if targets == "attention":
+        return list(attention_modules)
     if isinstance(targets, str):
         return targets  # "all-linear" or a regex
     return list(OmegaConf.to_container(targets))
 
 
-def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bool = False):
-    """Wraps the model for its technique and returns what the trainer optimises."""
+def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bool = False,
+                    attention_modules=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """Wraps the model for its technique and returns what the trainer optimises.
+    `attention_modules` (model.attention_modules) is what target_modules=attention names."""
     validate_technique(technique_cfg)
     if technique_cfg.name == "full":
         if model.dtype in (torch.bfloat16, torch.float16):
@@ -79,7 +83,7 @@ def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bo
         r=technique_cfg.r,
         lora_alpha=technique_cfg.alpha,
         lora_dropout=technique_cfg.dropout,
-        target_modules=_target_modules(technique_cfg),
+        target_modules=_target_modules(technique_cfg, attention_modules),
         use_dora=technique_cfg.name == "dora",
         bias="none",
         task_type="CAUSAL_LM",
@@ -87,6 +91,11 @@ def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bo
     try:
         model = get_peft_model(model, peft_config)
     except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
+        if technique_cfg.target_modules == "attention":
+            raise ConfigError(f"technique.target_modules=attention names model.attention_modules="
+                              f"{list(attention_modules)}, which this model lacks ({exc}); set "
+                              "model.attention_modules to its projection names, or "
+                              "technique.target_modules=all-linear") from exc
         raise ConfigError(f"technique.target_modules: {exc}") from exc
     return model
 

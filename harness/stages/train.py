@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # milliseconds to a second, so the same compile takes far more steps to pay back; 1,000 is
 # an estimate until scripts/gpu_check.sh has measured it.
 COMPILE_MIN_STEPS = {"cpu": 100, "cuda": 1000}
+# train.gradient_checkpointing=null (auto) turns it on from this many parameters: below, the
+# activations of a batch of 4 at 2,048 tokens fit beside the weights on a 24 GB card.
+CHECKPOINTING_MIN_PARAMS = 3e9
 # Steps between loss logs: each log is a device-to-host sync, free on CPU, a stall on CUDA.
 LOG_EVERY = {"cpu": 1, "cuda": 10}
 # Rows are tokenized before training and collate in microseconds; on CUDA two workers keep
@@ -57,6 +60,15 @@ def device_type() -> str:
 def use_deterministic(tr: DictConfig) -> bool:
     """train.deterministic, with None (auto) resolved per device: on on CPU, off on CUDA."""
     return tr.deterministic if tr.deterministic is not None else device_type() == "cpu"
+
+
+def use_gradient_checkpointing(tr: DictConfig, model: torch.nn.Module) -> bool:
+    """train.gradient_checkpointing, with None (auto) resolved by the model's size."""
+    if tr.gradient_checkpointing is not None:
+        return bool(tr.gradient_checkpointing)
+    from harness.stages.technique import count_params
+
+    return count_params(model)[1] >= CHECKPOINTING_MIN_PARAMS
 
 
 def use_tf32(tr: DictConfig) -> bool:
@@ -173,10 +185,13 @@ def validate_train(tr: DictConfig) -> None:
     if tr.max_eval_rows < 1:
         raise ConfigError(f"train.max_eval_rows={tr.max_eval_rows}: must be >= 1")
     validate_loss(tr)
+    use_tf32(tr)
 
 
-def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype):
-    """SFTConfig from our config groups; every default that changes results is explicit."""
+def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype,
+               checkpointing: bool | None = None):
+    """SFTConfig from our config groups; every default that changes results is explicit.
+    `checkpointing`: train.gradient_checkpointing resolved for the model (auto: off here)."""
     from trl import SFTConfig
 
     tr = cfg.train
@@ -196,7 +211,8 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         **precision_flags(dtype),
         tf32=use_tf32(tr),
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=tr.gradient_checkpointing,
+        gradient_checkpointing=bool(tr.gradient_checkpointing) if checkpointing is None
+        else checkpointing,
         torch_compile=False,  # train() compiles in place, by train.compile_scope
         max_length=cfg.model.max_length,
         packing=tr.packing,
@@ -267,7 +283,8 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     use_chat = tokenizer.chat_template is not None
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None,
-                      compute_dtype(cfg.model, cfg.technique))
+                      compute_dtype(cfg.model, cfg.technique),
+                      use_gradient_checkpointing(cfg.train, model))
     compile_step = use_compile(cfg.train, len(train_ds))
     if compile_step:
         log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))

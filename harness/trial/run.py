@@ -81,7 +81,7 @@ def prepare(cfg: DictConfig, timer: Any = None,
     from harness.stages.data import load_splits
     from harness.stages.model import load_model, load_tokenizer, model_folder
     from harness.stages.technique import apply_technique
-    from harness.stages.train import use_deterministic
+    from harness.stages.train import use_deterministic, use_gradient_checkpointing
 
     timer = timer or Timer()
     folder = model_folder(cfg.model, cfg.paths.cache_dir, cfg.seed)
@@ -94,7 +94,8 @@ def prepare(cfg: DictConfig, timer: Any = None,
         model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed,
                               packing=cfg.train.packing)
         set_seed(cfg.seed, deterministic=use_deterministic(cfg.train))
-        model = apply_technique(model, cfg.technique, cfg.train.gradient_checkpointing)
+        model = apply_technique(model, cfg.technique, use_gradient_checkpointing(cfg.train, model),
+                                cfg.model.attention_modules)
     return Prepared(model, tokenizer, splits)
 
 
