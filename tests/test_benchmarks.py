@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import common, sweep_efficiency, throughput
+from benchmarks import common, gpu_check, sweep_efficiency, throughput
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):
@@ -31,6 +31,21 @@ def test_throughput_sides_train_the_same_model_and_count_real_tokens(side):
     assert 0 < r["trainable"] < r["total"]  # LoRA on every side
     assert 0 < r["supervised_share"] < 0.5  # the demo rows: the JSON answer is the short part
     assert r["head_params"] == 2048 * 64  # tiny_random: vocabulary x hidden size
+
+
+def test_gpu_check_reports_what_each_technique_resolves_to():
+    rows = {r[0]: r for r in gpu_check.decisions("tiny_random")}
+    assert set(rows) == {"full", "lora", "dora", "qlora"}
+    for row in rows.values():  # on this CPU: no TF32, deterministic, plain AdamW, the torch loss
+        assert row[3:6] == [False, True, "adamw_torch"] and row[8] == "torch"
+        assert row[10] == "float32"  # what trains is fp32 (master weights, adapters)
+
+
+def test_gpu_check_trials_report_their_own_peaks():
+    trials = gpu_check.two_trials("tiny_random", steps=2, batch=2)
+    assert [t["technique"] for t in trials] == ["full", "lora"]
+    for t in trials:
+        assert 0 < t["mem/train_peak_gb"] <= t["mem/peak_gb"] and t["mem/eval_peak_gb"] > 0
 
 
 def test_step_memory_counts_every_tensor_and_the_supervised_loss_needs_less():

@@ -123,7 +123,8 @@ def test_cli_run_writes_complete_record_and_skips_rerun(tmp_path):
                 "eval/mmlu/acc_stderr", "eval/perplexity/ppl", "eval/mmlu/acc_delta"):
         assert key in m, key
     for key in ("cost/load_s", "cost/train_s", "cost/eval_s", "cost/device_hours", "cost/usd",
-                "perf/tokens_per_s", "perf/train_tokens", "mem/peak_gb", "params/trainable",
+                "perf/tokens_per_s", "perf/train_tokens", "mem/peak_gb", "mem/train_peak_gb",
+                "mem/eval_peak_gb", "params/trainable",
                 "params/total"):
         assert m[key] > 0, key
     assert rec["env"]["versions"]["torch"] and rec["env"]["device"] == "cpu"
