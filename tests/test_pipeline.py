@@ -86,7 +86,7 @@ def test_4bit_generate_before_training_still_gets_gradients(make_cfg, tmp_path):
     model.eval()
     with torch.no_grad():
         model.generate(**tok("hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
-    model = apply_technique(model, cfg.technique)
+    model = apply_technique(model, cfg.technique, cfg.model.attention_modules)
     splits = load_splits(cfg.dataset, tok, cfg.model.max_length)
     result = train(model, tok, splits, cfg, tmp_path / "run")
     assert result.grad_norm_first_step > 0
@@ -462,12 +462,12 @@ def test_the_falcon_preset_names_projections_falcon_has(compose_cfg, tmp_path):
 
     cfg = compose_cfg(["model=falcon_7b", "technique=lora"], tmp_path)
     assert cfg.technique.target_modules == "attention"
-    model = apply_technique(falcon(), cfg.technique, False, cfg.model.attention_modules)
+    model = apply_technique(falcon(), cfg.technique, cfg.model.attention_modules)
     adapted = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == {"query_key_value", "dense"}
     llama = compose_cfg(["technique=lora"], tmp_path)
     with pytest.raises(ConfigError, match=r"model.attention_modules=\['q_proj'"):
-        apply_technique(falcon(), llama.technique, False, llama.model.attention_modules)
+        apply_technique(falcon(), llama.technique, llama.model.attention_modules)
 
 
 def test_the_slurm_preset_asks_for_the_cpus_a_trial_uses():

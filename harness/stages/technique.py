@@ -59,8 +59,8 @@ def _target_modules(technique_cfg: DictConfig, attention_modules):
     return list(OmegaConf.to_container(targets))
 
 
-def apply_technique(model, technique_cfg: DictConfig, gradient_checkpointing: bool = False,
-                    attention_modules=("q_proj", "k_proj", "v_proj", "o_proj")):
+def apply_technique(model, technique_cfg: DictConfig, attention_modules,
+                    gradient_checkpointing: bool = False):
     """Wraps the model for its technique and returns what the trainer optimises.
     `attention_modules` (model.attention_modules) is what target_modules=attention names."""
     validate_technique(technique_cfg)

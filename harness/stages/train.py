@@ -31,7 +31,7 @@ from harness.stages.loss import (
     resolve_kernel,
     validate_loss,
 )
-from harness.stages.model import compute_dtype
+from harness.stages.model import compute_dtype, device
 from harness.stages.progress import Monitor, Progress
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ DATALOADER_WORKERS = {"cpu": 0, "cuda": 2}
 
 
 def device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """"cpu" or "cuda": the keys of the per-device tables above (model.device() decides)."""
+    return device().type
 
 
 def use_deterministic(tr: DictConfig) -> bool:
@@ -194,7 +195,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
     `checkpointing`: train.gradient_checkpointing resolved for the model (auto: off here)."""
     from trl import SFTConfig
 
-    tr = cfg.train
+    tr, dev = cfg.train, device_type()
     optimizer.validate_optimizer(cfg.optimizer)
     validate_train(tr)
     evaluate = has_val and tr.eval_every > 0
@@ -207,7 +208,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         per_device_train_batch_size=tr.batch_size,
         per_device_eval_batch_size=tr.batch_size,
         gradient_accumulation_steps=tr.grad_accum,
-        **optimizer.trainer_args(cfg.optimizer, device_type()),
+        **optimizer.trainer_args(cfg.optimizer, dev),
         **precision_flags(dtype),
         tf32=use_tf32(tr),
         use_cpu=not torch.cuda.is_available(),
@@ -225,15 +226,15 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         save_total_limit=tr.save_total_limit,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
-        logging_steps=LOG_EVERY[device_type()],
+        logging_steps=LOG_EVERY[dev],
         logging_nan_inf_filter=False,  # a NaN loss must reach GuardCallback, not be averaged away
         report_to=logger.report_to(cfg.logger, cfg.paths.log_dir),
         seed=cfg.seed,
         data_seed=cfg.seed,
         full_determinism=use_deterministic(tr),
         include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=DATALOADER_WORKERS[device_type()],
-        dataloader_pin_memory=device_type() == "cuda",
+        dataloader_num_workers=DATALOADER_WORKERS[dev],
+        dataloader_pin_memory=dev == "cuda",
         disable_tqdm=True,
         dataset_num_proc=None,
     )

@@ -94,8 +94,8 @@ def prepare(cfg: DictConfig, timer: Any = None,
         model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed,
                               packing=cfg.train.packing)
         set_seed(cfg.seed, deterministic=use_deterministic(cfg.train))
-        model = apply_technique(model, cfg.technique, use_gradient_checkpointing(cfg.train, model),
-                                cfg.model.attention_modules)
+        model = apply_technique(model, cfg.technique, cfg.model.attention_modules,
+                                use_gradient_checkpointing(cfg.train, model))
     return Prepared(model, tokenizer, splits)
 
 
