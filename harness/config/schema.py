@@ -214,6 +214,18 @@ class TrialConfig:
     invocation: str | None = None
 
 
+@dataclass
+class DistributedConfig:
+    """How a trial's processes share the work (harness.trial.distributed); not hashed: with
+    train.batch_size the global batch, DDP and FSDP compute the same updates as one device."""
+
+    # auto: DDP when the trial runs as several processes (torchrun, SLURM tasks), nothing
+    # otherwise | ddp: every process holds the whole model, gradients are averaged | fsdp:
+    # weights, gradients and optimizer state sharded over the processes, for full fine-tuning
+    # of models that do not fit one device (slower per step than DDP where DDP fits)
+    strategy: str = "auto"
+
+
 def register_configs() -> None:
     """Stores the schemas as root configs `<group>_schema` (outside the groups, so they are
     never offered as options); each option's YAML extends its schema with
@@ -231,5 +243,6 @@ def register_configs() -> None:
         ("logger", LoggerConfig),
         ("paths", PathsConfig),
         ("trial", TrialConfig),
+        ("distributed", DistributedConfig),
     ]:
         cs.store(name=f"{group}_schema", node=node)

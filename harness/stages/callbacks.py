@@ -82,9 +82,24 @@ class MonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         named = {"eval/" + k.removeprefix("eval_"): float(v) for k, v in (metrics or {}).items()
                  if isinstance(v, (int, float))}
-        for monitor in self.monitors:
-            reason = monitor.report(named, int(state.global_step))
-            if reason is not None and self.progress.stopped_at is None:
-                self.progress.stopped_at, self.progress.stop_reason = int(state.global_step), reason
-                control.should_training_stop = True
+        reason = None
+        if state.is_world_process_zero:  # one report per evaluation, not one per process
+            for monitor in self.monitors:
+                said = monitor.report(named, int(state.global_step))
+                reason = reason or said
+        reason = _from_rank_0(reason)  # every process stops at the same step, or none does
+        if reason is not None and self.progress.stopped_at is None:
+            self.progress.stopped_at, self.progress.stop_reason = int(state.global_step), reason
+            control.should_training_stop = True
         return control
+
+
+def _from_rank_0(value):
+    """Rank 0's value on every process of a distributed trial; the value itself otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -37,10 +37,12 @@ class Timer:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def device_info() -> tuple[str, int]:
-    """(device name, count): the CUDA device name, or "cpu"."""
+def device_info(world_size: int = 1) -> tuple[str, int]:
+    """(device name, devices the trial holds): on CUDA one per process of the trial (not
+    every GPU the node shows: a pool trial sees only its own, a plain one uses cuda:0); "cpu"
+    and 1 on CPU, where the processes share the one machine that is priced."""
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0), torch.cuda.device_count()
+        return torch.cuda.get_device_name(0), max(world_size, 1)
     return "cpu", 1
 
 
@@ -151,10 +153,11 @@ def train_flops(tokens: int, total_params: int, trainable_params: int) -> float:
 
 
 def cost_metrics(cost_cfg: DictConfig, seconds: dict[str, float], train_tokens: int,
-                 trainable: int, total: int, peaks: dict[str, float] | None = None
-                 ) -> tuple[dict[str, float], dict]:
-    """Cost, speed, memory and size metrics, plus the device facts for the record."""
-    name, count = device_info()
+                 trainable: int, total: int, peaks: dict[str, float] | None = None,
+                 world_size: int = 1) -> tuple[dict[str, float], dict]:
+    """Cost, speed, memory and size metrics, plus the device facts for the record;
+    `world_size` processes of a distributed trial each hold a device for the whole wall time."""
+    name, count = device_info(world_size)
     priced_as, usd_per_hour = price_per_hour(cost_cfg, name)
     wall = sum(seconds.values())
     device_hours = wall / 3600 * count

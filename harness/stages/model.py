@@ -45,7 +45,12 @@ def cpu_has_avx512_bf16() -> bool:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: under several processes (DDP/FSDP) the GPU of its local rank."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from harness.trial.distributed import ranks
+
+    return torch.device("cuda", ranks().local_rank % torch.cuda.device_count())
 
 
 def resolve_dtype(name: str, setting: str = "model.dtype") -> torch.dtype:

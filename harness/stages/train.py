@@ -95,6 +95,8 @@ class TrainResult:
     stopped_early: bool = False
     loss: str = "full_logits"  # supervised: the loss from the supervised positions only
     compiled: str | None = None  # train.compile_scope where the step was compiled
+    # FSDP: the trained weights gathered whole on rank 0 (harness.trial.run.unsharded)
+    full_state: dict | None = None
 
 
 @contextlib.contextmanager
@@ -189,13 +191,24 @@ def validate_train(tr: DictConfig) -> None:
     use_tf32(tr)
 
 
+def block_classes(model: torch.nn.Module) -> list[str]:
+    """The class names of the model's decoder blocks (transformers' `_no_split_modules`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(getattr(base, "_no_split_modules", None) or [])
+
+
 def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype,
-               checkpointing: bool | None = None):
+               checkpointing: bool | None = None, layer_classes: Sequence[str] = ()):
     """SFTConfig from our config groups; every default that changes results is explicit.
-    `checkpointing`: train.gradient_checkpointing resolved for the model (auto: off here)."""
+    `checkpointing`: train.gradient_checkpointing resolved for the model (auto: off here);
+    `layer_classes`: the model's decoder block classes (what FSDP shards one by one)."""
     from trl import SFTConfig
 
+    from harness.trial import distributed
+
     tr, dev = cfg.train, device_type()
+    world = distributed.ranks().world_size
+    batch = distributed.per_device_batch(tr.batch_size, world)
     optimizer.validate_optimizer(cfg.optimizer)
     validate_train(tr)
     evaluate = has_val and tr.eval_every > 0
@@ -205,8 +218,8 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         output_dir=str(checkpoint_dir),
         max_steps=tr.max_steps if tr.max_steps > 0 else -1,
         num_train_epochs=tr.epochs,
-        per_device_train_batch_size=tr.batch_size,
-        per_device_eval_batch_size=tr.batch_size,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
         gradient_accumulation_steps=tr.grad_accum,
         **optimizer.trainer_args(cfg.optimizer, dev),
         **precision_flags(dtype),
@@ -237,6 +250,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
         dataloader_pin_memory=dev == "cuda",
         disable_tqdm=True,
         dataset_num_proc=None,
+        **distributed.trainer_args(cfg, world, list(layer_classes)),
     )
 
 
@@ -285,7 +299,7 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
     train_ds, val_ds = _datasets(splits, cfg, use_chat)
     args = sft_config(cfg, run_dir / "checkpoints", val_ds is not None,
                       compute_dtype(cfg.model, cfg.technique),
-                      use_gradient_checkpointing(cfg.train, model))
+                      use_gradient_checkpointing(cfg.train, model), block_classes(model))
     compile_step = use_compile(cfg.train, len(train_ds))
     if compile_step:
         log.info("compiled kernels: %s", keep_compiled_kernels(cfg.paths.cache_dir))
@@ -317,6 +331,10 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
         evals = [trainer.evaluate()["eval_loss"]]  # final validation loss for the record
     # The optimizer state (2x the trainable weights for AdamW) is not needed past here; the
     # accelerator keeps its own references to it.
+    # FSDP leaves each process a shard of the weights: rank 0 gathers them whole (on the
+    # host; every rank takes part) to save and evaluate them without the other processes
+    full_state = (trainer.accelerator.get_state_dict(trainer.model)
+                  if getattr(trainer, "is_fsdp_enabled", False) else None)
     trainer.accelerator.free_memory()
     trainer.optimizer = trainer.lr_scheduler = None
     return TrainResult(
@@ -328,6 +346,7 @@ def train(model, tokenizer, splits: Splits, cfg: DictConfig, run_dir: Path,
         grad_norm_first_step=guard.first_grad_norm,
         history=history.history,
         stopped_early=state.global_step < state.max_steps,
+        full_state=full_state,
         loss=f"supervised ({trainer.head.kernel})" if trainer.head else "full_logits",
         compiled=cfg.train.compile_scope if compile_step else None,
     )

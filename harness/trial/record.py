@@ -25,7 +25,7 @@ from harness.config.files import atomic_write_text
 FORMAT_VERSION = 1
 # Top-level nodes that never change what a run computes: left out of the hash, and overrides
 # of them are left out of a run's command (`changes_run`).
-UNHASHED = ("paths", "logger", "trial", "hydra", "task_name", "offline")
+UNHASHED = ("paths", "logger", "trial", "hydra", "task_name", "offline", "distributed")
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "bitsandbytes", "lm_eval", "datasets",
     "accelerate", "optuna", "hydra-core", "numpy",

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from harness.config import offline
 from harness.stages.progress import Progress
+from harness.trial import distributed
 from harness.trial.record import Record, config_hash, deltas, load_record, run_command, run_dir
 from harness.trial.validate import validate
 
@@ -32,6 +33,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None,
     the record says `pruned` with the step, and the metrics are what was spent until then.
     """
     offline.configure(cfg.offline)
+    distributed.from_submitit()
     validate(cfg)  # a typo or a bad data line must not cost a model load or an hour of training
     chash = config_hash(cfg)
     folder = run_dir(cfg.paths.output_dir, chash)
@@ -39,6 +41,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None,
     if done is not None:
         log.info("cache hit: run %s is already complete (%s)", chash[:12], folder)
         return done
+    ranks = distributed.ranks()
+    if not ranks.is_main:
+        return _follow(cfg, folder, monitors, ranks)
     record = Record.start(folder, cfg, chash, run_command(overrides or []), overrides or [])
     log.info("run %s -> %s", chash[:12], folder)
     progress = Progress()
@@ -126,6 +131,9 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     with timer("train"), peaks("train"):
         result = train(model, tokenizer, splits, cfg, record.folder, monitors, progress)
     free_memory()  # the optimizer state and gradients, before evaluation loads anything
+    if result.full_state is not None:
+        model = unsharded(cfg, result.full_state)
+        result.full_state = None
     record.update(history=result.history, training={"loss": result.loss, "compiled": result.compiled})
     if progress.stopped_at is not None:
         return _spent(progress)
@@ -138,9 +146,11 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     del model
     free_memory()
     metrics.update(deltas(metrics, base))
+    world = distributed.ranks().world_size
     costs, device = cost_metrics(cfg.cost, timer.seconds, result.train_tokens, trainable, total,
-                                 peaks.gb)
-    record.update(env=device)
+                                 peaks.gb, world)
+    record.update(env={**device, "world_size": world,
+                       "distributed": cfg.distributed.strategy if world > 1 else "none"})
     metrics.update(costs)
     metrics.update({
         "train/loss": result.train_loss, "train/steps": float(result.steps),
@@ -149,6 +159,32 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     if result.eval_loss is not None:
         metrics["eval/loss"] = result.eval_loss
     return metrics
+
+
+def unsharded(cfg: DictConfig, state: dict) -> Any:
+    """A whole, unsharded copy of the trial's model with the weights FSDP trained (`state`,
+    gathered on rank 0): rank 0 saves and evaluates it alone, so it must fit one device for
+    inference (an 8B model in bf16: ~16 GB), not for training."""
+    from harness.stages.model import load_model
+    from harness.stages.technique import apply_technique
+
+    model, _ = load_model(cfg.model, cfg.technique, cfg.paths.cache_dir, cfg.seed)
+    model = apply_technique(model, cfg.technique, cfg.model.attention_modules)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _follow(cfg: DictConfig, folder: Path, monitors: Sequence[Any],
+            ranks: distributed.Ranks) -> dict[str, float]:
+    """Ranks 1..k-1 of a distributed trial: train their share, nothing else (rank 0 records,
+    evaluates, saves and prices the trial)."""
+    from harness.stages.train import train
+
+    log.info("rank %d of %d: training run %s with rank 0", ranks.rank, ranks.world_size,
+             folder.name[:12])
+    ready = prepare(cfg)
+    train(ready.model, ready.tokenizer, ready.splits, cfg, folder, monitors)
+    return {}
 
 
 def save_artifacts(model, tokenizer, folder: Path, cfg: DictConfig) -> None:

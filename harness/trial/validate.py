@@ -24,6 +24,7 @@ def validate(cfg: DictConfig) -> None:
     from harness.stages.optimizer import validate_optimizer
     from harness.stages.technique import validate_technique
     from harness.stages.train import validate_train
+    from harness.trial.distributed import ranks, validate_distributed
 
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed!r}: an integer")
@@ -33,6 +34,7 @@ def validate(cfg: DictConfig) -> None:
         check_4bit_support()  # bitsandbytes on this device, before a model is loaded for it
     validate_optimizer(cfg.optimizer)
     validate_train(cfg.train)
+    validate_distributed(cfg, ranks().world_size)
     validate_logger(cfg.logger)
     validate_cost(cfg.cost)
     validate_eval_config(cfg.eval, cfg.dataset)

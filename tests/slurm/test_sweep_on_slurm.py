@@ -118,3 +118,29 @@ def _records(out):
         except ValueError:  # being rewritten
             continue
     return found
+
+
+def test_a_two_task_trial_on_slurm_trains_with_ddp(tmp_path):
+    """hydra.launcher.tasks_per_node=2: SLURM starts the trial twice (srun), the tasks meet
+    at the rendezvous their job's environment gives (gloo on this CPU node) and train one
+    DDP trial; rank 0 alone writes its complete record."""
+    if not slurm_available():
+        pytest.skip("no SLURM cluster: bash .ci/slurm/setup.sh")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", SWEEP, "smoke", f"paths.output_dir={out}",
+           "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
+           "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none",
+           "train.max_steps=6", "train.group_by_length=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=900)
+    finally:
+        cancel_all_jobs()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (record,) = _records(out)
+    assert record["status"] == "complete", record.get("error")
+    assert record["env"]["world_size"] == 2 and record["env"]["distributed"] == "auto"
+    assert record["metrics"]["train/steps"] == 6
+    logs = sorted(p.name for p in (out / "sweeps" / "smoke" / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 2, logs  # one per task
