@@ -9,13 +9,19 @@ one run of a few minutes, written to the `gpu-check` section of BENCHMARKS.md.
   its own process; LoRA also without packing;
 - the harness against plain TRL (defaults, and TRL with the harness's settings), uncompiled;
 - two trials in one process (as a sweep's default launcher runs them): each reports its
-  own training and evaluation peak, the second smaller than the first.
+  own training and evaluation peak, the second smaller than the first;
+- a 2-trial sweep through the device pool (hydra.sweeper.devices_per_trial=1, two trials
+  sharing the one GPU with trials_per_device=2): the GPUs each trial was given, whether the
+  two ran at the same time, and their states.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,6 +91,30 @@ def two_trials(model: str, steps: int, batch: int) -> list[dict]:
     return metrics
 
 
+def pool_sweep(model: str, steps: int, batch: int) -> list[list]:
+    """The smoke sweep's first two trials through the device pool, as `harness-sweep` runs it."""
+    import optuna
+
+    out = Path(tempfile.mkdtemp(prefix="gpu-check-pool-"))
+    cmd = [sys.executable, "-m", "harness.cli", "--multirun", "+sweeps=smoke", f"model={model}",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.devices_per_trial=1",
+           "hydra.sweeper.trials_per_device=2", "hydra.sweeper.pruner.name=none",
+           f"train.max_steps={steps}", f"train.batch_size={batch}",
+           f"paths.output_dir={out}", f"paths.log_dir={out / 'logs'}",
+           f"paths.cache_dir={os.environ.get('HARNESS_CACHE', out / 'cache')}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"pool sweep failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    study = optuna.load_study(study_name="smoke",
+                              storage=f"sqlite:///{out / 'sweeps' / 'smoke' / 'study.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    overlap = (len(trials) == 2 and trials[0].datetime_start < trials[1].datetime_complete
+               and trials[1].datetime_start < trials[0].datetime_complete)
+    return [[t.number, t.params.get("technique", "?"), ",".join(t.user_attrs.get("devices", [])),
+             t.state.name, f"{(t.datetime_complete - t.datetime_start).total_seconds():.0f}",
+             "yes" if overlap else "no"] for t in trials]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2_arch")
@@ -114,6 +144,8 @@ def main() -> None:
     print(json.dumps(sides))
     trials = run_json("benchmarks.gpu_check", ["--part", "trials", *common])["trials"]
     print(json.dumps(trials))
+    pool = pool_sweep(args.model, args.steps, args.batch)
+    print(json.dumps(pool))
     tps = {k: v["tokens_per_s"] for k, v in sides.items()}
     body = (
         "### GPU check\n\n"
@@ -134,6 +166,8 @@ def main() -> None:
                 [[t["technique"], f"{t.get('mem/train_peak_gb', 0):.2f}",
                   f"{t.get('mem/eval_peak_gb', 0):.2f}", f"{t['mem/peak_gb']:.2f}",
                   f"{t['tokens_per_s']:.0f}"] for t in trials])
+        + "\n\nTwo trials through the device pool (`devices_per_trial=1 trials_per_device=2`):\n\n"
+        + table(["trial", "technique", "GPUs", "state", "wall s", "ran together"], pool)
     )
     write_section("gpu-check", body)
 

@@ -48,6 +48,16 @@ def test_gpu_check_trials_report_their_own_peaks():
         assert 0 < t["mem/train_peak_gb"] <= t["mem/peak_gb"] and t["mem/eval_peak_gb"] > 0
 
 
+@pytest.mark.slow
+def test_gpu_check_pool_sweep_runs_two_trials_together_on_one_device(monkeypatch, cache_dir):
+    """The GPU check's pool sweep on a simulated one-GPU node (the trials train on CPU)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("HARNESS_CACHE", str(cache_dir))
+    rows = gpu_check.pool_sweep("tiny_random", steps=2, batch=2)
+    assert [r[2:4] for r in rows] == [["0", "COMPLETE"], ["0", "COMPLETE"]]
+    assert {r[5] for r in rows} == {"yes"}  # trials_per_device=2: side by side
+
+
 def test_step_memory_counts_every_tensor_and_the_supervised_loss_needs_less():
     before = throughput.step_memory("tiny_random", 4, before=True)
     after = throughput.step_memory("tiny_random", 4, before=False)

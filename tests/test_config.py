@@ -18,7 +18,8 @@ BIN = Path(sys.executable).parent
 SCHEMAS = {"model": schema.ModelConfig, "dataset": schema.DatasetConfig,
            "optimizer": schema.OptimizerConfig, "train": schema.TrainConfig,
            "eval": schema.EvalConfig, "cost": schema.CostConfig, "logger": schema.LoggerConfig,
-           "paths": schema.PathsConfig, "trial": schema.TrialConfig}
+           "paths": schema.PathsConfig, "trial": schema.TrialConfig,
+           "distributed": schema.DistributedConfig}
 TECHNIQUES = {"full": schema.FullConfig, "lora": schema.LoraConfig, "dora": schema.LoraConfig,
               "qlora": schema.QLoraConfig}
 

@@ -15,9 +15,8 @@ import torch
 import torch.multiprocessing as mp
 
 from harness.config.errors import ConfigError
-from harness.stages import cost
+from harness.stages import cost, distributed
 from harness.stages.callbacks import _from_rank_0
-from harness.trial import distributed
 from harness.trial.record import config_hash
 from harness.trial.run import prepare, unsharded
 from tests.conftest import tiny_overrides

@@ -216,7 +216,7 @@ class TrialConfig:
 
 @dataclass
 class DistributedConfig:
-    """How a trial's processes share the work (harness.trial.distributed); not hashed: with
+    """How a trial's processes share the work (harness.stages.distributed); not hashed: with
     train.batch_size the global batch, DDP and FSDP compute the same updates as one device."""
 
     # auto: DDP when the trial runs as several processes (torchrun, SLURM tasks), nothing

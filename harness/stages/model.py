@@ -48,7 +48,7 @@ def device() -> torch.device:
     """This process's device: under several processes (DDP/FSDP) the GPU of its local rank."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    from harness.trial.distributed import ranks
+    from harness.stages.distributed import ranks
 
     return torch.device("cuda", ranks().local_rank % torch.cuda.device_count())
 

@@ -204,7 +204,7 @@ def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torc
     `layer_classes`: the model's decoder block classes (what FSDP shards one by one)."""
     from trl import SFTConfig
 
-    from harness.trial import distributed
+    from harness.stages import distributed
 
     tr, dev = cfg.train, device_type()
     world = distributed.ranks().world_size

@@ -3,7 +3,8 @@ the rest, settle each from its record, tell Optuna.
 
     engine = Engine(settings, compose, output_dir, sweep_dir, storage_url)
     engine.open(name, space)                         # the study, resumed if it exists
-    engine.run_batches(space, passthrough, n, launch)  # or sweep.workers.run_workers(...)
+    engine.run_batches(space, passthrough, n, launch)  # or sweep.workers.run_workers(...),
+                                                     # or sweep.pool.run_pool(...)
     engine.finish()                                  # study.csv, best.yaml / pareto.yaml
 
 `compose(overrides)` turns a trial's overrides into its config (the Hydra sweeper passes its
@@ -58,6 +59,8 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
     settings = Settings(**plain)
     settings.n_trials, settings.workers = int(settings.n_trials), int(settings.workers)
     settings.n_jobs = max(int(settings.n_jobs), 1)
+    settings.devices_per_trial = int(settings.devices_per_trial)
+    settings.trials_per_device = int(settings.trials_per_device)
     settings.max_failure_rate = float(settings.max_failure_rate)
     return settings
 

@@ -20,6 +20,15 @@ class Settings:
     # hydra/launcher=slurm) that each ask the shared study for a trial, run it, tell the
     # result and ask again until n_trials are done: no worker idles while a batch finishes.
     workers: int = 0
+    # > 0: the device pool of one multi-GPU node (harness/sweep/pool.py). The node's GPUs
+    # (CUDA_VISIBLE_DEVICES, else all) split into groups of this many; each trial runs as its own
+    # process on one group (k > 1: DDP through torchrun), and a freed group takes the next trial
+    # at once. With hydra/launcher=slurm: each trial job asks SLURM for this many GPUs instead.
+    # 0: off, trials see every GPU and run as the launcher runs them
+    devices_per_trial: int = 0
+    # > 1 puts that many trials on each device group at once: small models that leave most of a
+    # GPU's memory and compute idle; they share it, so each one runs slower
+    trials_per_device: int = 1
     # name: tpe | nsga2 | random | grid; other keys go to the Optuna sampler as arguments
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 42})
     # name: none | median | percentile | successive_halving | hyperband | threshold |

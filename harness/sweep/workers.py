@@ -9,6 +9,9 @@ sweeper instead launches N long-lived worker jobs (one SLURM job each through
         ask a trial -> compose its config -> cache hit? tell the recorded values
                     -> otherwise train + evaluate it here -> tell what its record says
 
+With `hydra.sweeper.devices_per_trial=k > 1` a worker job is one task with k GPUs, and "here"
+is a torchrun process on them (harness.sweep.pool.spawn_trial): DDP needs one process a GPU.
+
 Everything a worker needs (the sweeper's settings, the command's overrides, the sweep folder)
 is stored in the study itself (`study.user_attrs["harness_workers:<invocation>"]`), so a
 worker only needs the storage URL and the invocation id, which reach it as `trial.*`
@@ -23,6 +26,7 @@ both get a trial, so a study can end with up to `workers - 1` trials more than n
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -258,14 +262,34 @@ def work(cfg: DictConfig, run_trial: Callable[[DictConfig, list[str]], Any]) -> 
             "host": socket.gethostname(), "pid": os.getpid()}
     log.info("worker %d of invocation %s on %s: pulling trials from %s", index, invocation,
              mine["host"], study.study_name)
+    run_one = _runner(engine.settings.devices_per_trial, compose, run_trial,
+                      HydraConfig.get().job.config_name, spec["sweep_dir"])
     with _Heartbeat(_heartbeat_path(spec["sweep_dir"], invocation, index), mine):
-        ran = _pull(engine, compose, space, passthrough, invocation, mine, n_trials, run_trial)
+        ran = _pull(engine, space, passthrough, invocation, mine, n_trials, run_one)
     log.info("worker %d: done, %d trial(s) trained here", index, ran)
     return {"worker/trials": float(ran)}
 
 
-def _pull(engine: Engine, compose, space, passthrough, invocation, mine, n_trials,
-          run_trial) -> int:
+def _runner(devices_per_trial: int, compose, run_trial, config_name: str,
+            sweep_dir: str) -> Callable[[Pending], JobEnd]:
+    """How this worker runs a trial: in this process, or with devices_per_trial=k > 1 as a
+    torchrun process on the job's k GPUs (one SLURM task with k GPUs, harness.sweep.pool)."""
+    if devices_per_trial <= 1:
+        return functools.partial(_run_here, compose, run_trial=run_trial)
+    from harness.sweep.pool import DevicePool, spawn_trial, visible_devices
+
+    devices = DevicePool(visible_devices(), devices_per_trial).take()
+    log.info("trials run on devices %s, one torchrun process each", ",".join(devices))
+
+    def spawn(p: Pending) -> JobEnd:
+        p.trial.set_user_attr("devices", list(devices))
+        return spawn_trial(p.job_overrides, devices, config_name, sweep_dir)
+
+    return spawn
+
+
+def _pull(engine: Engine, space, passthrough, invocation, mine, n_trials,
+          run_one: Callable[[Pending], JobEnd]) -> int:
     import optuna
 
     study, allowed = engine.study, engine.allowed_failures(n_trials)
@@ -279,12 +303,12 @@ def _pull(engine: Engine, compose, space, passthrough, invocation, mine, n_trial
         p.trial.set_user_attr("worker", mine)
         if engine.tell_if_cached(p):
             continue
-        engine.tell(p, engine.settle(p, _run_here(compose, p, run_trial)))
+        engine.tell(p, engine.settle(p, run_one(p)))
         ran += 1
     return ran
 
 
-def _run_here(compose, p: Pending, run_trial) -> JobEnd:
+def _run_here(compose, p: Pending, run_trial: Callable) -> JobEnd:
     """Trains and evaluates one trial in this process; says why it failed, if it did."""
     job_cfg = compose([o for o in p.job_overrides if not o.startswith("hydra.")])
     with read_write(job_cfg), open_dict(job_cfg):

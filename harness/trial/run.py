@@ -9,6 +9,7 @@ is the part before training, shared by run, tests and benchmarks.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from harness.config import offline
+from harness.stages import distributed
 from harness.stages.progress import Progress
-from harness.trial import distributed
 from harness.trial.record import Record, config_hash, deltas, load_record, run_command, run_dir
 from harness.trial.validate import validate
 
@@ -150,7 +151,8 @@ def _pipeline(cfg: DictConfig, record: Record, monitors: Sequence[Any],
     costs, device = cost_metrics(cfg.cost, timer.seconds, result.train_tokens, trainable, total,
                                  peaks.gb, world)
     record.update(env={**device, "world_size": world,
-                       "distributed": cfg.distributed.strategy if world > 1 else "none"})
+                       "distributed": cfg.distributed.strategy if world > 1 else "none",
+                       "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
     metrics.update(costs)
     metrics.update({
         "train/loss": result.train_loss, "train/steps": float(result.steps),

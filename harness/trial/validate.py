@@ -18,13 +18,13 @@ from harness.config.errors import ConfigError
 def validate(cfg: DictConfig) -> None:
     from harness.stages.cost import validate_cost
     from harness.stages.data import validate_dataset
+    from harness.stages.distributed import ranks, validate_distributed
     from harness.stages.evaluate import validate_eval_config
     from harness.stages.logger import validate_logger
     from harness.stages.model import check_4bit_support, validate_model
     from harness.stages.optimizer import validate_optimizer
     from harness.stages.technique import validate_technique
     from harness.stages.train import validate_train
-    from harness.trial.distributed import ranks, validate_distributed
 
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed!r}: an integer")

@@ -2,10 +2,12 @@
 
 It hands the engine Hydra's config loader (to compose each trial) and launcher (to run
 them), keeps the sweep folder in Hydra's config, and turns the harness's errors into Hydra's
-compact ones. The sweep loop itself is the engine's. (No `from __future__ import
-annotations`: see config.py.)
+compact ones. The sweep loop itself is the engine's, or the device pool's
+(harness.sweep.pool) with `hydra.sweeper.devices_per_trial` on one node. (No `from __future__
+import annotations`: see config.py.)
 """
 
+import functools
 import logging
 from pathlib import Path
 
@@ -38,8 +40,40 @@ class HarnessSweeper(Sweeper):
         self.config_loader = hydra_context.config_loader
         # paths.* interpolate ${hydra:runtime.cwd}: resolvable in this process only with this set
         HydraConfig.instance().set_config(config)
+        self._fit_slurm_launcher(config)  # before the launcher reads its settings
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _fit_slurm_launcher(self, config: DictConfig) -> None:
+        """hydra.sweeper.devices_per_trial on SLURM: each job asks for its GPUs (pool.py)."""
+        from harness.config.errors import ConfigError, HarnessError
+        from harness.sweep.engine import settings_from
+        from harness.sweep.pool import is_slurm, slurm_resources
+
+        try:
+            settings = settings_from(self.values)
+            if not settings.devices_per_trial or not is_slurm(config.hydra.launcher._target_):
+                return
+            if settings.trials_per_device != 1:
+                raise ConfigError(f"hydra.sweeper.trials_per_device={settings.trials_per_device}"
+                                  ": shares the GPUs of one node (the device pool); on SLURM "
+                                  "each job gets its own GPUs")
+            user_set = {o.lstrip("+~").split("=", 1)[0].removeprefix("hydra.launcher.")
+                        for o in config.hydra.overrides.hydra}
+            changes = slurm_resources(settings.devices_per_trial, settings.workers,
+                                      config.hydra.launcher, user_set)
+        except HarnessError as exc:
+            raise SweepError(str(exc)) from exc
+        with read_write(config.hydra), open_dict(config.hydra.launcher):
+            for key, value in changes.items():
+                config.hydra.launcher[key] = value
+        launcher = config.hydra.launcher
+        log.info("hydra.sweeper.devices_per_trial=%d on SLURM: %s per %s job%s",
+                 settings.devices_per_trial, ", ".join(
+                     f"{key}={launcher[key]}" for key in
+                     ("tasks_per_node", "gpus_per_task", "gpus_per_node")),
+                 "worker" if settings.workers > 0 else "trial",
+                 f" (set: {', '.join(changes)})" if changes else "")
 
     def sweep(self, arguments: list[str]) -> list:
         from harness.config.errors import HarnessError
@@ -52,11 +86,13 @@ class HarnessSweeper(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> None:
         from harness.sweep.engine import Engine, settings_from
+        from harness.sweep.pool import run_pool, spawn_trial
         from harness.sweep.space import build_space, describe, validate_space
         from harness.sweep.study import check_objectives, default_storage, n_counted
         from harness.sweep.workers import run_workers
 
         settings = settings_from(self.values)
+        pool = self._device_pool(settings)
         parser = OverridesParser.create(config_loader=self.config_loader)
         space, passthrough = build_space(settings.params, arguments, parser.parse_overrides)
         validate_space(space, self.config, self.config_loader.get_group_options)
@@ -70,14 +106,39 @@ class HarnessSweeper(Sweeper):
         n_trials = engine.n_trials(space)
         log.info("study %s (%s): %d trials in total, %d already counted; %s\n  %s",
                  name, storage, n_trials, n_counted(study),
-                 f"{settings.workers} asynchronous workers" if settings.workers > 0
+                 f"device pool of {pool.slots} slots" if pool is not None
+                 else f"{settings.workers} asynchronous workers" if settings.workers > 0
                  else f"batches of {settings.n_jobs}",
                  "\n  ".join(describe(space) or ["(no parameters)"]))
-        if settings.workers > 0:
+        if pool is not None:
+            start = functools.partial(spawn_trial, config_name=self.config.hydra.job.config_name,
+                                      sweep_dir=sweep_dir)
+            run_pool(engine, space, passthrough, n_trials, pool, start)
+        elif settings.workers > 0:
             run_workers(engine, arguments, passthrough, n_trials, self.launch)
         else:
             engine.run_batches(space, passthrough, n_trials, self.launch)
         engine.finish()
+
+    def _device_pool(self, settings):
+        """The device pool of this node when devices_per_trial asks for one (not on SLURM)."""
+        from harness.config.errors import ConfigError
+        from harness.sweep.pool import DevicePool, is_slurm, visible_devices
+
+        k = settings.devices_per_trial
+        if k == 0 or is_slurm(self.config.hydra.launcher._target_):
+            return None
+        if settings.workers > 0:
+            raise ConfigError(
+                f"hydra.sweeper.devices_per_trial={k} with hydra.sweeper.workers="
+                f"{settings.workers}: on one node the device pool already runs trials "
+                "asynchronously, one per free device group; workers are SLURM worker jobs "
+                "(hydra/launcher=slurm). Drop hydra.sweeper.workers")
+        pool = DevicePool(visible_devices(), k, settings.trials_per_device)
+        log.info("device pool: %d trial(s) at once on %s (the launcher and n_jobs are not "
+                 "used: each trial is a process of this node)", pool.slots,
+                 " ".join(",".join(g) for g in pool.groups))
+        return pool
 
     def compose(self, overrides: list[str]) -> DictConfig:
         return self.config_loader.load_sweep_config(self.config, list(overrides))

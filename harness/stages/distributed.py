@@ -85,7 +85,8 @@ def validate_distributed(cfg: DictConfig, world_size: int) -> None:
         raise ConfigError("distributed.strategy=fsdp with technique=qlora: not supported "
                           "(FSDP cannot shard bitsandbytes 4-bit weights stored as uint8); use "
                           "distributed.strategy=ddp, or technique=lora for a sharded model")
-    if strategy == "fsdp" and not torch.cuda.is_available():
+    # only where the trial runs as several processes: a sweep validates on its submit host
+    if strategy == "fsdp" and world_size > 1 and not torch.cuda.is_available():
         raise ConfigError("distributed.strategy=fsdp needs GPUs: the trainer's engine "
                           "(accelerate) shards models only on accelerator devices and would "
                           "run plain DDP on CPU; use distributed.strategy=ddp (or auto) here")
