@@ -16,7 +16,6 @@ import torch.multiprocessing as mp
 
 from harness.config.errors import ConfigError
 from harness.stages import cost, distributed
-from harness.stages.callbacks import _from_rank_0
 from harness.trial.record import config_hash
 from harness.trial.run import prepare, unsharded
 from tests.conftest import tiny_overrides
@@ -131,7 +130,7 @@ def _broadcast_worker(rank: int, port: int, results) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         # rank 0's pruning decision reaches rank 1, which saw nothing itself
-        results[rank] = _from_rank_0("pruned at step 3" if rank == 0 else None)
+        results[rank] = distributed.from_rank_0("pruned at step 3" if rank == 0 else None)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -146,7 +145,7 @@ def test_rank_0_decides_when_every_process_stops():
         results = manager.dict()
         mp.spawn(_broadcast_worker, args=(port, results), nprocs=2, join=True)
         assert dict(results) == {0: "pruned at step 3", 1: "pruned at step 3"}
-    assert _from_rank_0("alone") == "alone"  # one process: its own value
+    assert distributed.from_rank_0("alone") == "alone"  # one process: its own value
 
 
 def test_submitit_tasks_get_the_rendezvous_from_their_job(monkeypatch):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from transformers import TrainerCallback
 
 from harness.config.errors import TrainingError
+from harness.stages.distributed import from_rank_0
 from harness.stages.progress import Monitor, Progress
 from harness.stages.technique import check_adapter_grads
 
@@ -87,19 +88,9 @@ class MonitorCallback(TrainerCallback):
             for monitor in self.monitors:
                 said = monitor.report(named, int(state.global_step))
                 reason = reason or said
-        reason = _from_rank_0(reason)  # every process stops at the same step, or none does
+        reason = from_rank_0(reason)  # every process stops at the same step, or none does
         if reason is not None and self.progress.stopped_at is None:
             self.progress.stopped_at, self.progress.stop_reason = int(state.global_step), reason
             control.should_training_stop = True
         return control
 
-
-def _from_rank_0(value):
-    """Rank 0's value on every process of a distributed trial; the value itself otherwise."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -72,6 +72,17 @@ def ranks() -> Ranks:
                  world_size=int(env.get("WORLD_SIZE", 1)))
 
 
+def from_rank_0(value):
+    """Rank 0's value on every process of a distributed trial; the value itself otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def validate_distributed(cfg: DictConfig, world_size: int) -> None:
     """distributed.strategy known and possible here, and train.batch_size splitting evenly
     over the processes."""

@@ -107,7 +107,7 @@ class Head:
     kernel: str
 
 
-def _base(model: nn.Module) -> nn.Module:
+def base_model(model: nn.Module) -> nn.Module:
     """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -120,7 +120,7 @@ def find_head(model: nn.Module, kernel: str | None) -> tuple[Head | None, str]:
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return None, "prompt-learning adapters run inside the PEFT model's forward"
-    base = _base(model)
+    base = base_model(model)
     model_type = getattr(base.config, "model_type", None)
     if model_type not in PLAIN_HEADS:
         return None, f"model type {model_type!r} may transform its logits after the LM head"

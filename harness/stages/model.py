@@ -45,12 +45,13 @@ def cpu_has_avx512_bf16() -> bool:
 
 
 def device() -> torch.device:
-    """This process's device: under several processes (DDP/FSDP) the GPU of its local rank."""
+    """This process's device: under several processes (DDP/FSDP) the GPU of its local rank,
+    the one the trainer (accelerate) also puts it on."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
     from harness.stages.distributed import ranks
 
-    return torch.device("cuda", ranks().local_rank % torch.cuda.device_count())
+    return torch.device("cuda", ranks().local_rank)
 
 
 def resolve_dtype(name: str, setting: str = "model.dtype") -> torch.dtype:

@@ -26,6 +26,7 @@ from harness.stages.data import Splits, to_trl
 from harness.stages.loss import (
     Head,
     SupervisedLM,
+    base_model,
     compiled,
     find_head,
     resolve_kernel,
@@ -193,8 +194,7 @@ def validate_train(tr: DictConfig) -> None:
 
 def block_classes(model: torch.nn.Module) -> list[str]:
     """The class names of the model's decoder blocks (transformers' `_no_split_modules`)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return list(getattr(base, "_no_split_modules", None) or [])
+    return list(getattr(base_model(model), "_no_split_modules", None) or [])
 
 
 def sft_config(cfg: DictConfig, checkpoint_dir: Path, has_val: bool, dtype: torch.dtype,
