@@ -148,10 +148,20 @@ def test_rank_0_decides_when_every_process_stops():
     assert distributed.from_rank_0("alone") == "alone"  # one process: its own value
 
 
-def test_submitit_tasks_get_the_rendezvous_from_their_job(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT")
+
+
+@pytest.fixture
+def no_rendezvous(monkeypatch):
+    """None of the torch.distributed variables set, and whatever from_submitit exports
+    removed again afterwards (delenv of an unset key would not be undone)."""
+    for key in RENDEZVOUS:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
+def test_submitit_tasks_get_the_rendezvous_from_their_job(monkeypatch, no_rendezvous):
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4",
              "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2",
              "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1"}
@@ -166,8 +176,7 @@ def test_submitit_tasks_get_the_rendezvous_from_their_job(monkeypatch):
     assert distributed.ranks().world_size == 2
 
 
-def test_a_one_task_job_stays_one_process(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def test_a_one_task_job_stays_one_process(monkeypatch, no_rendezvous):
     for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1",
                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_JOB_NUM_NODES": "1",
                        "SLURM_JOB_NODELIST": "n1", "SLURM_NODEID": "0"}.items():
