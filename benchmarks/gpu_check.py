@@ -107,7 +107,8 @@ def pool_sweep(model: str, steps: int, batch: int) -> list[list]:
         raise RuntimeError(f"pool sweep failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     study = optuna.load_study(study_name="smoke",
                               storage=f"sqlite:///{out / 'sweeps' / 'smoke' / 'study.db'}")
-    trials = sorted(study.trials, key=lambda t: t.number)
+    # the smoke sweep enqueues one trial per technique: those not asked stay WAITING
+    trials = [t for t in sorted(study.trials, key=lambda t: t.number) if t.state.is_finished()]
     overlap = (len(trials) == 2 and trials[0].datetime_start < trials[1].datetime_complete
                and trials[1].datetime_start < trials[0].datetime_complete)
     return [[t.number, t.params.get("technique", "?"), ",".join(t.user_attrs.get("devices", [])),
